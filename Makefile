@@ -1,0 +1,38 @@
+# cotaforge: `make demo` builds the demo dataset; `make test` runs the test suite.
+# Both create (or reuse) the virtual environment in .venv and install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: demo test bench schemas clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Core install: enough to run the pipeline (no torch).
+$(VENV)/.core-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# Test install: torch's CPU build first (its pin takes the local wheel), then the train and dev extras.
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[train,dev]'
+	touch $(VENV)/.core-installed $@
+
+demo: $(VENV)/.core-installed
+	$(BIN)/cotaforge run configs/demo.yaml
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.core-installed
+	$(BIN)/python benchmarks/bench_pipeline.py
+
+schemas: $(VENV)/.core-installed
+	$(BIN)/cotaforge schemas export
+
+clean:
+	rm -rf output/runs output/datasets

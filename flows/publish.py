@@ -1,0 +1,30 @@
+"""Publish flow: write the versioned dataset (shards, manifest, card, plots) and optionally push it.
+
+Run alone with `cotaforge publish CONFIG.yaml` once balance is done.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, task
+
+from cotaforge import progress
+from cotaforge.models import StageReport
+from cotaforge.stages import publish
+from flows.common import TASK_OPTIONS, load, run_from_argv
+
+
+@task(name="publish-dataset", **TASK_OPTIONS)
+def publish_task(cfg: dict) -> StageReport:
+    config, run = load(cfg)
+    return publish.run_publish(run, config)
+
+
+@flow(name="cotaforge-publish")
+def publish_flow(cfg: dict) -> StageReport:
+    _, run = load(cfg)
+    progress.start(publish.STAGE, run.part_rows("balance"))
+    return publish_task(cfg)
+
+
+if __name__ == "__main__":
+    run_from_argv(publish_flow)

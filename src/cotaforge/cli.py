@@ -1,0 +1,239 @@
+"""cotaforge's command line. Every command runs the same Prefect flows (or library functions) as the API.
+
+Exit status: 0 when the run completed (rejected rows are counted, not fatal); 2 with a message when it
+could not run (bad config, unreadable manifest, missing inputs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from cotaforge.config import RunConfig, load_config
+from cotaforge.errors import CotaforgeError
+from cotaforge.models import StageReport
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Make staged chain-of-thought QA corpora from labeled audio.")
+schemas_app = typer.Typer(no_args_is_help=True, help="JSON Schemas of cotaforge's records.")
+app.add_typer(schemas_app, name="schemas")
+console = Console(stderr=True)
+
+ConfigArg = Annotated[Optional[Path], typer.Argument(help="run config YAML; optional when --manifest is given")]
+ManifestOpt = Annotated[Optional[list[Path]], typer.Option("--manifest", "-m", help="CSV/JSONL/Parquet manifest or label folder; repeatable")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="output root (runs/ and datasets/ go here)")]
+NameOpt = Annotated[Optional[str], typer.Option("--name", help="run name (default: the manifests' folder names)")]
+GroupOpt = Annotated[Optional[str], typer.Option("--group-by", help="manifest column that groups rows for splitting")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override any config key: section.key=value")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="seed of every random choice")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="clips per batch")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="batches processed at once")]
+VersionOpt = Annotated[Optional[str], typer.Option("--version", help="dataset version to publish")]
+PushOpt = Annotated[Optional[str], typer.Option("--push-to-hub", help="also upload the dataset to this Hub repo")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")]
+
+
+def _prepare_prefect(verbose: bool) -> None:
+    """Prefect settings for a local, offline run; the user's own environment wins."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # Flows live in the source checkout's flows/ package beside src/ (installed with the wheel too).
+    root = Path(__file__).resolve().parents[2]
+    if (root / "flows").is_dir() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+
+
+def _build_config(config: Path | None, manifest: list[Path] | None, out: Path | None, name: str | None,
+                  group_by: str | None, overrides: list[str] | None, seed: int | None = None,
+                  batch_size: int | None = None, workers: int | None = None, version: str | None = None,
+                  push_to_hub: str | None = None) -> RunConfig:
+    if config is None and not manifest:
+        raise CotaforgeError("give a config file or at least one --manifest (see `cotaforge run --help`)")
+    cfg = load_config(config, overrides, inputs__manifests=[m.resolve() for m in manifest or []],
+                      run__out_dir=out, run__name=name, inputs__group_by=group_by, run__seed=seed,
+                      run__batch_size=batch_size, run__workers=workers, publish__version=version,
+                      publish__push_to_hub=push_to_hub)
+    if not cfg.inputs.manifests:
+        raise CotaforgeError("the config lists no inputs.manifests; add one or pass --manifest")
+    return cfg
+
+
+class _Bars:
+    """Rich progress bars fed by cotaforge.progress (called from Prefect's worker threads)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.tasks: dict[str, int] = {}
+
+    def start(self, stage: str, total: int | None) -> None:
+        self.tasks[stage] = self.progress.add_task(stage, total=total)
+
+    def advance(self, stage: str, rows: int) -> None:
+        if stage in self.tasks:
+            self.progress.advance(self.tasks[stage], rows)
+
+
+def _run_with_progress(function, *args):
+    from cotaforge import progress as progress_hook
+
+    columns = [TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=False) as bars:
+        progress_hook.set_listener(_Bars(bars))
+        try:
+            return function(*args)
+        finally:
+            progress_hook.set_listener(None)
+
+
+def _summary(reports: list[StageReport], cfg: RunConfig, dataset: Path | None) -> None:
+    from cotaforge.store import RunDir
+
+    table = Table(title=f"cotaforge run {cfg.run_name}")
+    for column in ("stage", "in", "out", "rejected", "done", "skipped", "seconds"):
+        table.add_column(column, justify="left" if column in ("stage", "rejected") else "right")
+    for r in reports:
+        rejected = ", ".join(f"{k} {v}" for k, v in sorted(r.rejected.items())) or "0"
+        table.add_row(r.stage, str(r.rows_in), str(r.rows_out), rejected, str(r.parts_done), str(r.parts_skipped),
+                      f"{r.seconds:.1f}")
+    Console().print(table)
+    run = RunDir.for_config(cfg)
+    rejected = sum(r.rejected_total for r in reports if r.stage != "balance")
+    balanced = sum(r.rejected.get("balanced_out", 0) for r in reports)
+    print(f"Rejected rows: {rejected} (plus {balanced} balanced out); reasons in {run.root / 'rejects'}")
+    print(f"Run report: {run.root / 'report.md'}")
+    if dataset is not None:
+        print(f"Dataset: {dataset}")
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def run(config: ConfigArg = None, manifest: ManifestOpt = None, out: OutOpt = None, name: NameOpt = None,
+        group_by: GroupOpt = None, set_: SetOpt = None, seed: SeedOpt = None, batch_size: BatchOpt = None,
+        workers: WorkersOpt = None, version: VersionOpt = None, push_to_hub: PushOpt = None,
+        verbose: VerboseOpt = False) -> None:
+    """Run the whole pipeline: ingest, caption, expand, validate, balance, publish."""
+    try:
+        cfg = _build_config(config, manifest, out, name, group_by, set_, seed, batch_size, workers, version, push_to_hub)
+        _prepare_prefect(verbose)
+        from cotaforge.stages.publish import dataset_dir
+        from flows.pipeline import pipeline_flow
+
+        reports = _run_with_progress(pipeline_flow, cfg.to_dict())
+    except (CotaforgeError, FileNotFoundError) as exc:
+        _fail(exc)
+    _summary(reports, cfg, dataset_dir(cfg))
+
+
+def _stage_command(stage: str, flow_module: str, flow_name: str, doc: str):
+    def command(config: ConfigArg = None, manifest: ManifestOpt = None, out: OutOpt = None, name: NameOpt = None,
+                group_by: GroupOpt = None, set_: SetOpt = None, seed: SeedOpt = None, batch_size: BatchOpt = None,
+                workers: WorkersOpt = None, version: VersionOpt = None, push_to_hub: PushOpt = None,
+                verbose: VerboseOpt = False) -> None:
+        try:
+            cfg = _build_config(config, manifest, out, name, group_by, set_, seed, batch_size, workers, version,
+                                push_to_hub)
+            _prepare_prefect(verbose)
+            import importlib
+
+            from flows.common import with_workers
+
+            stage_flow = getattr(importlib.import_module(flow_module), flow_name)
+            report = _run_with_progress(with_workers(stage_flow, cfg.to_dict()), cfg.to_dict())
+        except (CotaforgeError, FileNotFoundError) as exc:
+            _fail(exc)
+        from cotaforge.stages.publish import dataset_dir
+
+        _summary([report], cfg, dataset_dir(cfg) if stage == "publish" else None)
+
+    command.__doc__ = doc
+    app.command(stage)(command)
+
+
+for _stage, _doc in (
+    ("ingest", "Read manifests, decode and measure clips (drops duplicates and defects)."),
+    ("caption", "Caption each ingested clip."),
+    ("expand", "Write chain-of-thought samples for each captioned clip."),
+    ("validate", "Check every sample; failures go to rejects with reason codes."),
+    ("balance", "Even out samples per (class, prompt style) and answers."),
+    ("publish", "Write the dataset shards, manifest and card (and push them if asked)."),
+):
+    _stage_command(_stage, f"flows.{_stage}", f"{_stage}_flow", _doc)
+
+
+@app.command()
+def inspect(dataset: Annotated[Path, typer.Argument(help="a published dataset version folder")],
+            samples: Annotated[int, typer.Option(help="sample rows to show")] = 2) -> None:
+    """Print a published dataset's statistics and a few samples."""
+    import pyarrow.parquet as pq
+
+    manifest_path = dataset / "manifest.json"
+    if not manifest_path.is_file():
+        _fail(CotaforgeError(f"{dataset} has no manifest.json; point at output/datasets/<name>/<version>"))
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    out = Console()
+    out.print(f"[bold]{manifest['name']}[/] {manifest['version']}  rows {manifest['rows']}  "
+              f"shards {len(manifest['shards'])}  fingerprint {manifest['fingerprint']}")
+    columns = ["split", "class_label", "prompt_style", "question_type", "answer", "question", "options", "assistant_text"]
+    counts: dict[tuple[str, str], int] = {}
+    shown = 0
+    for shard in manifest["shards"]:
+        table = pq.read_table(dataset / shard["path"], columns=columns)
+        for cls, style in zip(table["class_label"].to_pylist(), table["prompt_style"].to_pylist()):
+            counts[(cls, style)] = counts.get((cls, style), 0) + 1
+        for row in table.slice(0, max(samples - shown, 0)).to_pylist():
+            out.rule(f"{row['split']} · {row['question_type']} · {row['prompt_style']}")
+            out.print(row["question"], *[f"  {chr(65 + i)}. {o}" for i, o in enumerate(row["options"])], sep="\n",
+                      markup=False)
+            out.print(row["assistant_text"], markup=False)
+            shown += 1
+    styles = sorted({s for _, s in counts})
+    grid = Table(title="samples per (class, prompt style)")
+    grid.add_column("class")
+    for style in styles:
+        grid.add_column(style, justify="right")
+    for cls in sorted({c for c, _ in counts}):
+        grid.add_row(cls, *(str(counts.get((cls, s), 0)) for s in styles))
+    out.print(grid)
+
+
+@schemas_app.command("export")
+def schemas_export(out: Annotated[Path, typer.Option(help="folder for the *.json files")] = Path("schemas")) -> None:
+    """Write the JSON Schema of every record model to OUT/<name>.json."""
+    from cotaforge.schemas import export_schemas
+
+    for path in export_schemas(out):
+        print(path)
+
+
+@schemas_app.command("check")
+def schemas_check(folder: Annotated[Path, typer.Option(help="folder of committed schemas")] = Path("schemas")) -> None:
+    """Exit 1 when the committed schemas differ from the models."""
+    from cotaforge.schemas import schema_drift
+
+    drift = schema_drift(folder)
+    if drift:
+        console.print("schemas out of date: " + ", ".join(drift) + "; run `cotaforge schemas export`")
+        raise typer.Exit(code=1)
+    print("schemas up to date")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""The records cotaforge reads and writes: the single source of truth for every row.
+
+`schemas/*.json` is generated from these models (`cotaforge schemas export`) and a test fails when the
+committed files drift from them. Parquet parts and published shards hold these records; free-form
+mappings (metadata, validation details, review) travel as JSON strings so every shard has one fixed
+Arrow schema whatever columns a user's manifest carries.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = "1.0"
+SAMPLE_RATE_HZ = 16_000
+COT_STAGES = ("planning", "caption", "reasoning", "summary", "response")
+QUESTION_TYPES = ("multiple_choice", "yes_no", "open_ended", "comparison")
+QuestionType = Literal["multiple_choice", "yes_no", "open_ended", "comparison"]
+
+# The system turn every published sample carries; the fine-tuning stage trains with it.
+SYSTEM_PROMPT = (
+    "You are an audio reasoning assistant. Listen to the audio, then think step by step inside "
+    "<THINK> with <PLANNING>, <CAPTION>, <REASONING> and <SUMMARY>, and give the final answer inside "
+    "<RESPONSE>. For a multiple-choice question, end the response with the letter of the chosen option."
+)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AcousticFacts(_Record):
+    """Measured from the decoded 16 kHz mono signal; grounds captions and fact questions."""
+
+    duration_s: float = Field(ge=0)
+    loudness_dbfs: float = Field(description="RMS level of the whole clip, dB relative to full scale")
+    peak_dbfs: float
+    clipping_ratio: float = Field(ge=0, le=1, description="share of samples at or above 0.999 full scale")
+    silence_ratio: float = Field(ge=0, le=1, description="share of 25 ms frames below -60 dBFS")
+    spectral_centroid_hz: float = Field(ge=0)
+    onset_count: int = Field(ge=0)
+    tempo_bpm: float | None = Field(default=None, description="None when the clip is too short or has too few onsets")
+    f0_median_hz: float | None = Field(default=None, description="median pitch of voiced frames; None if unvoiced")
+    voiced_ratio: float = Field(ge=0, le=1)
+
+
+class Clip(_Record):
+    """One ingested clip: a manifest row that decoded, with its provenance and facts."""
+
+    clip_id: str = Field(description="sha256 (first 16 hex) of the 16 kHz int16 PCM: the content hash")
+    group_id: str = Field(description="split group: the manifest's group column, or the clip itself")
+    source_dataset: str
+    source_path: str
+    source_id: str
+    manifest_row: str = Field(description="MANIFEST:LINE, for error messages and provenance")
+    labels: list[str] = Field(min_length=1)
+    class_label: str
+    metadata: dict[str, str] = Field(default_factory=dict)
+    original_sample_rate_hz: int
+    original_channels: int
+    sample_rate_hz: int = SAMPLE_RATE_HZ
+    facts: AcousticFacts
+
+
+class Caption(_Record):
+    clip_id: str
+    mode: Literal["facts", "text_llm", "audio_llm"]
+    text: str = Field(min_length=1)
+    prompt_version: str
+
+
+class TeacherInfo(_Record):
+    backend: str
+    model: str
+    prompt_versions: list[str]
+    parameters: str = Field(default="{}", description="JSON object of generation parameters")
+
+
+class Sample(_Record):
+    """One chain-of-thought question-answer sample: a published row, less the audio bytes."""
+
+    sample_id: str
+    clip_id: str
+    group_id: str
+    source_dataset: str
+    source_path: str
+    source_id: str
+    duration_s: float
+    sample_rate_hz: int = SAMPLE_RATE_HZ
+    labels: list[str]
+    class_label: str
+    metadata: str = Field(default="{}", description="JSON object of the manifest's other columns")
+    question_type: QuestionType
+    prompt_style: str
+    target: str = Field(description="what the question asks about: 'class', 'metadata.<field>' or 'fact.<name>'")
+    target_value: str = Field(description="the ground truth the answer was fixed from")
+    asked_value: str = Field(default="", description="the value a yes/no or comparison question proposes")
+    question: str
+    options: list[str] = Field(default_factory=list, description="option texts, lettered A, B, C... in order")
+    answer: str = Field(description="letter for multiple_choice, yes/no for yes_no, the short answer otherwise")
+    planning: str
+    caption: str
+    reasoning: str
+    summary: str
+    response: str
+    assistant_text: str
+    teacher: TeacherInfo
+    validation: str = Field(default="{}", description="JSON: checks run and non-fatal flags")
+    review: str = Field(default="", description="JSON of the annotators' decision, empty when not reviewed")
+    split: str = ""
+    schema_version: str = SCHEMA_VERSION
+
+
+class Rejection(_Record):
+    """A row a stage dropped, and why. Nothing disappears silently."""
+
+    stage: str
+    reason: str = Field(description="a reason code, e.g. file_missing, answer_mismatch")
+    reasons: list[str] = Field(default_factory=list, description="every failed check, the first is `reason`")
+    message: str
+    manifest_row: str = ""
+    source_path: str = ""
+    clip_id: str = ""
+    sample_id: str = ""
+    raw: str = Field(default="", description="the raw output that failed, when there was one")
+
+
+class TeacherUsage(_Record):
+    requests: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class StageReport(_Record):
+    stage: str
+    rows_in: int = 0
+    rows_out: int = 0
+    rejected: dict[str, int] = Field(default_factory=dict, description="rejected rows by reason code")
+    parts_done: int = 0
+    parts_skipped: int = 0
+    seconds: float = 0.0
+    teacher: TeacherUsage = Field(default_factory=TeacherUsage)
+    notes: list[str] = Field(default_factory=list)
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+class ShardInfo(_Record):
+    path: str
+    split: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+class ShardManifest(_Record):
+    name: str
+    version: str
+    schema_version: str = SCHEMA_VERSION
+    fingerprint: str
+    created_at: str
+    rows: dict[str, int] = Field(description="rows per split")
+    shards: list[ShardInfo]
+
+
+EXPORTED_MODELS: dict[str, type[BaseModel]] = {
+    "clip": Clip,
+    "caption": Caption,
+    "sample": Sample,
+    "rejection": Rejection,
+    "stage_report": StageReport,
+    "shard_manifest": ShardManifest,
+}
+
+
+def merge_reports(stage: str, reports: list[StageReport]) -> StageReport:
+    """Sum per-batch reports of one stage into one."""
+    total = StageReport(stage=stage)
+    for report in reports:
+        total.rows_in += report.rows_in
+        total.rows_out += report.rows_out
+        total.parts_done += report.parts_done
+        total.parts_skipped += report.parts_skipped
+        total.seconds += report.seconds
+        for reason, count in report.rejected.items():
+            total.rejected[reason] = total.rejected.get(reason, 0) + count
+        for key in ("requests", "cache_hits", "prompt_tokens", "completion_tokens"):
+            setattr(total.teacher, key, getattr(total.teacher, key) + getattr(report.teacher, key))
+        total.notes.extend(report.notes)
+    return total

@@ -1,0 +1,32 @@
+"""A hook for progress display: stages report finished rows here; the CLI draws bars from it.
+
+The library stays free of any UI: with no listener set, these calls do nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class ProgressListener(Protocol):
+    def start(self, stage: str, total: int | None) -> None: ...
+
+    def advance(self, stage: str, rows: int) -> None: ...
+
+
+_listener: ProgressListener | None = None
+
+
+def set_listener(listener: ProgressListener | None) -> None:
+    global _listener
+    _listener = listener
+
+
+def start(stage: str, total: int | None) -> None:
+    if _listener is not None:
+        _listener.start(stage, total)
+
+
+def advance(stage: str, rows: int) -> None:
+    if _listener is not None and rows:
+        _listener.advance(stage, rows)

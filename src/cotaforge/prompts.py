@@ -1,0 +1,66 @@
+"""Prompt banks and templates in `prompts/`, versioned by file name (`questions.v1.yaml`).
+
+A version in use is never edited; a change is a new file. Templates are checked for unknown placeholders
+when they are loaded, so a typo fails before any clip is processed.
+"""
+
+from __future__ import annotations
+
+import string
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cotaforge.errors import ConfigError
+
+
+def prompts_dir() -> Path:
+    """`prompts/` of a source checkout, else the copy packaged inside the wheel."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[2] / "prompts", here.parent / "prompts"):
+        if candidate.is_dir():
+            return candidate
+    raise ConfigError("the prompts/ folder is missing from this installation; reinstall cotaforge")
+
+
+def placeholders(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def _check(node: Any, allowed: set[str], where: str) -> None:
+    if isinstance(node, str):
+        unknown = placeholders(node) - allowed
+        if unknown:
+            raise ConfigError(f"{where}: unknown placeholder(s) {sorted(unknown)} in {node!r}")
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            _check(value, allowed, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check(value, allowed, f"{where}[{i}]")
+
+
+@lru_cache(maxsize=32)
+def load_bank(stem: str, allowed: frozenset[str]) -> dict[str, Any]:
+    """A YAML bank by file stem, e.g. 'questions.v1'; its `version` must equal the stem."""
+    path = prompts_dir() / f"{stem}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"prompt bank {path} does not exist; pick a file stem from {prompts_dir()}")
+    bank = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(bank, dict) or bank.get("version") != stem:
+        raise ConfigError(f"{path}: 'version' must be {stem!r} (the file's stem)")
+    _check(bank, set(allowed), path.name)
+    return bank
+
+
+def prompt_fingerprint(stems: list[str]) -> str:
+    """Hash of the prompt files' contents: an edited version in use still redoes what it made."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for stem in sorted(stems):
+        for path in sorted(prompts_dir().glob(f"{stem}.*")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]

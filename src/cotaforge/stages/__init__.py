@@ -1,0 +1,1 @@
+"""One module per pipeline stage: ingest, caption, expand, validate, balance, publish."""

@@ -1,0 +1,103 @@
+"""caption: one detailed caption per clip.
+
+Inputs: `ingest/part-N`. Output: `caption/part-N.parquet` (Caption rows). Mode `facts` writes the caption
+from the clip's class, its grounding metadata and its measured acoustic facts, with no LLM; the LLM modes
+(`text_llm`, `audio_llm`) go through a teacher backend. Failure modes: none per row in `facts` mode.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import pyarrow as pa
+
+from cotaforge import progress
+from cotaforge.config import RunConfig, stable_hash
+from cotaforge.describe import display_label, fact_phrases
+from cotaforge.errors import ConfigError
+from cotaforge.models import StageReport
+from cotaforge.prompts import load_bank, prompt_fingerprint
+from cotaforge.stages.ingest import load_run_stats, read_clips
+from cotaforge.store import CAPTION_SCHEMA, RunDir, fingerprint
+
+STAGE = "caption"
+STAGE_VERSION = 1
+CAPTION_PLACEHOLDERS = frozenset({
+    "duration", "duration_cap", "duration_word", "loudness", "loudness_word", "peak", "centroid",
+    "brightness_word", "pitch_phrase", "texture_phrase", "onsets_phrase", "answer_text",
+})
+
+
+def grounding_fields(stats: dict, cfg: RunConfig) -> dict[str, list[str]]:
+    """Per source dataset, the metadata fields questions and captions may speak of.
+
+    'auto' keeps categorical fields (2 to 20 values, every value a safe plain phrase, none a file name)
+    that are not the split group (a speaker's name is an id, not a fact) and not a rename of the class.
+    """
+    from cotaforge.stages.ingest import label_problem
+
+    chosen: dict[str, list[str]] = {}
+    for dataset, fields in stats["metadata_values"].items():
+        keep = []
+        for name, values in sorted(fields.items()):
+            if cfg.expand.metadata_fields != "auto":
+                if name in cfg.expand.metadata_fields:
+                    keep.append(name)
+                continue
+            if name == cfg.inputs.group_by or not 2 <= len(values) <= 20:
+                continue
+            if any(label_problem(v, cfg) or v.lower().endswith((".wav", ".flac", ".ogg", ".mp3")) for v in values):
+                continue
+            if len(values) == len(stats["classes_by_dataset"].get(dataset, [])):
+                continue  # as many values as classes: most likely the class under another name (digit 7 = seven)
+            keep.append(name)
+        chosen[dataset] = keep
+    return chosen
+
+
+def facts_caption(clip: dict, fields: list[str], seed: int, bank_stem: str) -> str:
+    bank = load_bank(bank_stem, CAPTION_PLACEHOLDERS)
+    rng = random.Random(stable_hash([seed, clip["clip_id"], bank_stem]))
+    values = fact_phrases(clip["facts"])
+    values["answer_text"] = " and ".join(f'"{display_label(label)}"' for label in clip["labels"])
+    pick = lambda key: rng.choice(bank[key]).format_map(values)  # noqa: E731 - local shorthand
+    text = f"{pick('content')}, {pick('level')}, {pick('character')}. {pick('detail')}"
+    metadata = json.loads(clip["metadata"])
+    facts = [f"its {name.replace('_', ' ')} is {metadata[name]}" for name in fields if metadata.get(name)]
+    if facts:
+        text += " " + "; ".join(facts)[:1].upper() + "; ".join(facts)[1:] + "."
+    return text
+
+
+def caption_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
+    """Caption one batch of clips into `caption/part-<batch>.parquet`; skip it if already done."""
+    started = time.perf_counter()
+    if cfg.caption.mode != "facts":
+        raise ConfigError(f"caption.mode={cfg.caption.mode!r} needs an LLM teacher; this installation supports 'facts'")
+    stats = load_run_stats(run)
+    fields = grounding_fields(stats, cfg)
+    upstream = run.part_fingerprint("ingest", batch)
+    fp = fingerprint(STAGE, STAGE_VERSION, cfg.section_hash("caption"), cfg.run.seed, upstream,
+                     prompt_fingerprint([cfg.caption.prompt]),
+                     stable_hash([fields, stats["duplicate_rows"]]))
+    if run.part_fingerprint(STAGE, batch) == fp:
+        report = run.stored_report(STAGE, batch)
+        progress.advance(STAGE, report.rows_in)
+        return report
+    clips = read_clips(run, batch, stats).to_pylist()
+    rows = [{"clip_id": clip["clip_id"], "mode": "facts", "prompt_version": cfg.caption.prompt,
+             "text": facts_caption(clip, fields.get(clip["source_dataset"], []), cfg.run.seed, cfg.caption.prompt)}
+            for clip in clips]
+    progress.advance(STAGE, len(clips))
+    report = StageReport(stage=STAGE, rows_in=len(clips), rows_out=len(rows), parts_done=1,
+                         seconds=time.perf_counter() - started)
+    run.write_part(STAGE, batch, pa.Table.from_pylist(rows, schema=CAPTION_SCHEMA), fp, [], report)
+    return report
+
+
+def run_caption(run: RunDir, cfg: RunConfig) -> StageReport:
+    from cotaforge.models import merge_reports
+
+    return merge_reports(STAGE, [caption_batch(run, cfg, b) for b in range(run.batch_count())])

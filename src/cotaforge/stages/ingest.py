@@ -1,0 +1,256 @@
+"""ingest: manifest rows -> decoded 16 kHz clips with content ids and acoustic facts.
+
+Inputs: the run's manifests. Outputs: `ingest/part-NNNNN.parquet` (clip rows with the 16 kHz WAV bytes),
+`ingest/index.parquet` and `ingest/run_stats.json` (classes, metadata values, fact medians, duplicates).
+Failure modes, each a reject row naming the manifest row and file: path_missing, label_missing,
+label_markup, label_not_a_class_name, file_missing, file_empty, file_truncated, decode_failed, silent,
+too_short, too_long, duplicate. Stereo, float and odd sample rates are converted, not rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from cotaforge import progress
+from cotaforge.audio import AudioDecodeError, acoustic_facts, content_hash, decode_audio, to_pcm16, wav_bytes
+from cotaforge.config import RunConfig, stable_hash
+from cotaforge.manifest import ManifestRow, frame_to_rows, read_manifests, rows_to_frame
+from cotaforge.models import Rejection, StageReport, merge_reports
+from cotaforge.store import CLIP_SCHEMA, RunDir, fingerprint, json_dumps, write_rejects, write_table_atomic, write_text_atomic
+
+STAGE = "ingest"
+STAGE_VERSION = 1  # bump when the code changes what a part holds
+MAX_METADATA_VALUES = 50
+
+_MARKUP = re.compile(r"[<>{}`\\]|&[a-z#0-9]+;|\b(?:javascript|data):", re.IGNORECASE)
+# Phrases of prompt injection; a short label that holds one is an instruction, not a class name.
+_INSTRUCTION = re.compile(
+    r"\b(?:ignore|disregard|forget|override)\b.*\b(?:previous|prior|above|earlier|instructions?|prompts?|rules)\b"
+    r"|\bsystem prompt\b|\byou are\b|\bthe answer is\b|\brespond with\b",
+    re.IGNORECASE,
+)
+_CLASS_NAME = re.compile(r"[\w][\w .,'()/+-]*", re.UNICODE)
+
+
+def label_problem(label: str, cfg: RunConfig) -> tuple[str, str] | None:
+    """Why a label cannot be used as a class name, or None. Labels are data, never instructions or markup."""
+    if _MARKUP.search(label):
+        return "label_markup", f"label {label!r} contains markup characters; labels must be plain class names"
+    words = label.replace("_", " ").split()
+    if (len(label) > cfg.ingest.max_label_chars or len(words) > cfg.ingest.max_label_words
+            or not _CLASS_NAME.fullmatch(label) or _INSTRUCTION.search(label.replace("_", " "))):
+        return "label_not_a_class_name", (
+            f"label {label!r} does not look like a class name (at most {cfg.ingest.max_label_words} words and "
+            f"{cfg.ingest.max_label_chars} characters, no sentences or instructions); fix the manifest row")
+    return None
+
+
+def prepare_ingest(cfg: RunConfig) -> RunDir:
+    """Read the manifests, save the combined manifest and the resolved config in the run directory."""
+    run = RunDir.for_config(cfg)
+    rows = read_manifests(cfg.inputs.manifests, cfg.inputs.group_by)
+    batches = math.ceil(len(rows) / cfg.run.batch_size)
+    frame = rows_to_frame(rows)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    write_table_atomic(table, run.manifest_path, {b"cotaforge.batches": str(batches).encode()})
+    import yaml
+
+    write_text_atomic(run.root / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
+    write_text_atomic(run.root / "config.sha256", stable_hash(cfg.to_dict(), length=64) + "\n")
+    return run
+
+
+def _batch_rows(run: RunDir, cfg: RunConfig, batch: int) -> list[ManifestRow]:
+    start = batch * cfg.run.batch_size
+    table = pq.read_table(run.manifest_path, filters=[("row_index", ">=", start),
+                                                      ("row_index", "<", start + cfg.run.batch_size)])
+    return frame_to_rows(table.to_pandas())
+
+
+def _file_stamp(path: str) -> list[int]:
+    try:
+        stat = Path(path).stat()
+        return [stat.st_size, stat.st_mtime_ns]
+    except OSError:
+        return [-1, -1]
+
+
+def batch_fingerprint(cfg: RunConfig, rows: list[ManifestRow]) -> str:
+    # The files' size and mtime are included so a replaced recording is ingested again.
+    content = [(r.__dict__, _file_stamp(r.resolved_path)) for r in rows]
+    return fingerprint(STAGE, STAGE_VERSION, cfg.section_hash("ingest", "inputs"), stable_hash(content))
+
+
+def _reject(row: ManifestRow, reason: str, message: str, clip_id: str = "") -> Rejection:
+    return Rejection(stage=STAGE, reason=reason, reasons=[reason], message=f"{row.manifest_row}: {message}",
+                     manifest_row=row.manifest_row, source_path=row.source_path, clip_id=clip_id)
+
+
+def _ingest_row(row: ManifestRow, cfg: RunConfig) -> dict | Rejection:
+    if row.error:
+        return _reject(row, row.error, row.error_message)
+    for label in row.labels:
+        problem = label_problem(label, cfg)
+        if problem:
+            return _reject(row, *problem)
+    try:
+        decoded = decode_audio(Path(row.resolved_path))
+    except AudioDecodeError as exc:
+        return _reject(row, exc.reason, str(exc))
+    duration_s = len(decoded.samples) / 16_000
+    if duration_s < cfg.ingest.min_duration_s:
+        return _reject(row, "too_short", f"{row.source_path} lasts {duration_s:.3f} s, under ingest.min_duration_s="
+                                         f"{cfg.ingest.min_duration_s}; lower the bound or drop the clip")
+    if duration_s > cfg.ingest.max_duration_s:
+        return _reject(row, "too_long", f"{row.source_path} lasts {duration_s:.1f} s, over ingest.max_duration_s="
+                                        f"{cfg.ingest.max_duration_s}; split it or raise the bound")
+    pcm16 = to_pcm16(decoded.samples)
+    peak = float(np.max(np.abs(decoded.samples)))
+    if peak <= 10 ** (cfg.ingest.silence_peak_dbfs / 20):
+        return _reject(row, "silent", f"{row.source_path} is digital silence (peak below "
+                                      f"{cfg.ingest.silence_peak_dbfs} dBFS); check the recording")
+    facts = acoustic_facts(decoded.samples, decoded.clipping_ratio)
+    clip_id = content_hash(pcm16)
+    group = f"{row.source_dataset}:{row.group}" if row.group else clip_id
+    return {
+        "clip_id": clip_id, "group_id": group, "source_dataset": row.source_dataset,
+        "source_path": row.source_path, "source_id": row.source_id, "manifest_row": row.manifest_row,
+        "labels": row.labels, "class_label": row.labels[0], "metadata": json_dumps(row.metadata),
+        "original_sample_rate_hz": decoded.original_sample_rate_hz, "original_channels": decoded.original_channels,
+        "sample_rate_hz": 16_000, "facts": facts.model_dump(), "row_index": row.row_index,
+        "audio_wav": wav_bytes(pcm16),
+    }
+
+
+def ingest_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
+    """Decode one batch of manifest rows into `ingest/part-<batch>.parquet`; skip it if already done."""
+    started = time.perf_counter()
+    rows = _batch_rows(run, cfg, batch)
+    fp = batch_fingerprint(cfg, rows)
+    if run.part_fingerprint(STAGE, batch) == fp:
+        progress.advance(STAGE, len(rows))
+        return run.stored_report(STAGE, batch)
+    clips: list[dict] = []
+    rejects: list[Rejection] = []
+    seen: dict[str, str] = {}
+    for row in rows:
+        result = _ingest_row(row, cfg)
+        if isinstance(result, Rejection):
+            rejects.append(result)
+        elif result["clip_id"] in seen:
+            rejects.append(_reject(row, "duplicate", f"{row.source_path} has the same audio as "
+                                                     f"{seen[result['clip_id']]}; kept the first", result["clip_id"]))
+        else:
+            seen[result["clip_id"]] = result["manifest_row"]
+            clips.append(result)
+        progress.advance(STAGE, 1)
+    report = _report(len(rows), len(clips), rejects, started)
+    run.write_part(STAGE, batch, pa.Table.from_pylist(clips, schema=CLIP_SCHEMA), fp, rejects, report)
+    return report
+
+
+def _report(rows_in: int, rows_out: int, rejects: list[Rejection], started: float) -> StageReport:
+    rejected: dict[str, int] = {}
+    for reject in rejects:
+        rejected[reject.reason] = rejected.get(reject.reason, 0) + 1
+    return StageReport(stage=STAGE, rows_in=rows_in, rows_out=rows_out, rejected=rejected, parts_done=1,
+                       seconds=time.perf_counter() - started)
+
+
+def finalize_ingest(run: RunDir, cfg: RunConfig) -> StageReport:
+    """Remove duplicates across batches and write the run-level statistics later stages ground on."""
+    columns = ["clip_id", "row_index", "manifest_row", "source_path", "source_dataset", "labels", "class_label",
+               "metadata", "group_id", "facts"]
+    tables = [run.read_part(STAGE, b, columns) for b in range(run.batch_count())]
+    index = pa.concat_tables(tables).sort_by("row_index") if tables else pa.table({c: [] for c in columns})
+    first_row: dict[str, tuple[int, str]] = {}
+    duplicates: list[Rejection] = []
+    duplicate_rows: list[int] = []
+    for clip_id, row_index, manifest_row, source_path in zip(*(index[c].to_pylist() for c in
+                                                               ("clip_id", "row_index", "manifest_row", "source_path"))):
+        if clip_id in first_row:
+            duplicate_rows.append(row_index)
+            duplicates.append(Rejection(stage=STAGE, reason="duplicate", reasons=["duplicate"], clip_id=clip_id,
+                                        manifest_row=manifest_row, source_path=source_path,
+                                        message=f"{manifest_row}: same audio as {first_row[clip_id][1]}; kept the first"))
+        else:
+            first_row[clip_id] = (row_index, manifest_row)
+    write_rejects(run.rejects_path(STAGE, "duplicates"), duplicates)
+    kept = index.filter(pc.invert(pc.is_in(index["row_index"], pa.array(duplicate_rows, pa.int64()))))
+    stats = _run_stats(kept, duplicate_rows)
+    write_text_atomic(run.stage_dir(STAGE) / "run_stats.json", json.dumps(stats, indent=1, sort_keys=True))
+    rejected = {"duplicate": len(duplicates)} if duplicates else {}
+    return StageReport(stage=STAGE, rows_in=index.num_rows, rows_out=kept.num_rows, rejected=rejected,
+                       notes=[f"{len(stats['classes'])} classes across {len(stats['classes_by_dataset'])} source datasets"])
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.median(present)) if present else None
+
+
+def _run_stats(index: pa.Table, duplicate_rows: list[int]) -> dict:
+    classes_by_dataset: dict[str, set[str]] = {}
+    metadata_values: dict[str, dict[str, set[str]]] = {}
+    for dataset, labels, metadata in zip(index["source_dataset"].to_pylist(), index["labels"].to_pylist(),
+                                         index["metadata"].to_pylist()):
+        classes_by_dataset.setdefault(dataset, set()).update(labels)
+        fields = metadata_values.setdefault(dataset, {})
+        for key, value in json.loads(metadata).items():
+            values = fields.setdefault(key, set())
+            if len(values) <= MAX_METADATA_VALUES:
+                values.add(value)
+    facts = index["facts"].to_pylist()
+    return {
+        "clips": index.num_rows,
+        "classes": sorted(set().union(*classes_by_dataset.values())) if classes_by_dataset else [],
+        "classes_by_dataset": {d: sorted(c) for d, c in classes_by_dataset.items()},
+        # A field with more than MAX_METADATA_VALUES values is listed with MAX+1 of them: too many to ask about.
+        "metadata_values": {d: {k: sorted(v) for k, v in f.items()} for d, f in metadata_values.items()},
+        "fact_medians": {name: _median([f[name] for f in facts]) for name in
+                         ("duration_s", "loudness_dbfs", "f0_median_hz", "spectral_centroid_hz")},
+        "duplicate_rows": sorted(duplicate_rows),
+    }
+
+
+def load_run_stats(run: RunDir) -> dict:
+    path = run.stage_dir(STAGE) / "run_stats.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run ingest first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_clips(run: RunDir, batch: int, stats: dict, with_audio: bool = False) -> pa.Table:
+    """The batch's ingested clips without the duplicates of earlier batches."""
+    columns = [c for c in CLIP_SCHEMA.names if with_audio or c != "audio_wav"]
+    table = run.read_part(STAGE, batch, columns)
+    if stats["duplicate_rows"]:
+        table = table.filter(pc.invert(pc.is_in(table["row_index"], pa.array(stats["duplicate_rows"], pa.int64()))))
+    return table
+
+
+def summarize_ingest(batch_reports: list[StageReport], final: StageReport) -> StageReport:
+    """One report for the stage: the batches' counts, less the duplicates found across batches."""
+    total = merge_reports(STAGE, batch_reports)
+    cross_batch = final.rejected.get("duplicate", 0)
+    if cross_batch:
+        total.rejected["duplicate"] = total.rejected.get("duplicate", 0) + cross_batch
+    total.rows_out = final.rows_out
+    total.notes.extend(final.notes)
+    return total
+
+
+def run_ingest(cfg: RunConfig) -> tuple[RunDir, StageReport]:
+    """The whole stage in this process (the flow maps `ingest_batch` over batches instead)."""
+    run = prepare_ingest(cfg)
+    reports = [ingest_batch(run, cfg, b) for b in range(run.batch_count())]
+    return run, summarize_ingest(reports, finalize_ingest(run, cfg))

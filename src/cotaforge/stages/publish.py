@@ -1,0 +1,404 @@
+"""publish: balanced samples -> a versioned Hugging Face-compatible dataset.
+
+Inputs: `balance/part-N` and the 16 kHz audio of `ingest/part-N`. Output, under
+`<out>/datasets/<name>/<version>/`: `data/<split>-NNNNN-of-NNNNN.parquet` (the `audio` column is the
+Hugging Face `Audio` feature, `{bytes, path}`, and each shard carries the features metadata, so
+`datasets.load_dataset("parquet", data_dir=...)` decodes it), `manifest.json` (rows and sha256 per shard),
+a dataset card `README.md` with a `configs` block, statistics tables and plots under `plots/`.
+
+Splits go by group (the manifest's group column, e.g. the speaker, or else the clip), decided per source
+dataset so every dataset reaches every split, and no group crosses splits. The dataset is built in a
+temporary folder and renamed into place: a reader never sees half a version. Streams part by part; memory
+does not grow with the number of samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import shutil
+import time
+import uuid
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from cotaforge import __version__, progress
+from cotaforge.config import RunConfig, stable_hash
+from cotaforge.cot import render_user_text
+from cotaforge.models import SAMPLE_RATE_HZ, SCHEMA_VERSION, SYSTEM_PROMPT, ShardInfo, ShardManifest, StageReport
+from cotaforge.store import SAMPLE_SCHEMA, RunDir, fingerprint
+
+STAGE = "publish"
+STAGE_VERSION = 1
+COT_LENGTH_BINS = list(range(0, 1001, 25))  # words
+
+MESSAGE_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+PUBLISHED_SCHEMA = pa.schema([SAMPLE_SCHEMA.field(0), SAMPLE_SCHEMA.field(1), SAMPLE_SCHEMA.field(2),
+                              pa.field("audio", AUDIO_TYPE), *list(SAMPLE_SCHEMA)[3:],
+                              pa.field("messages", MESSAGE_TYPE)])
+
+
+def hf_features() -> dict:
+    """The `datasets` features of a published row, stored in every shard's metadata."""
+
+    def convert(arrow_type: pa.DataType) -> object:
+        if pa.types.is_list(arrow_type):
+            inner = arrow_type.value_type
+            if pa.types.is_struct(inner):
+                return [convert(inner)]
+            return {"feature": convert(inner), "_type": "Sequence"}
+        if pa.types.is_struct(arrow_type):
+            return {f.name: convert(f.type) for f in arrow_type}
+        name = {pa.string(): "string", pa.int64(): "int64", pa.float64(): "float64", pa.binary(): "binary",
+                pa.bool_(): "bool"}[arrow_type]
+        return {"dtype": name, "_type": "Value"}
+
+    features = {f.name: convert(f.type) for f in PUBLISHED_SCHEMA}
+    features["audio"] = {"sampling_rate": SAMPLE_RATE_HZ, "_type": "Audio"}
+    return features
+
+
+def assign_splits(groups: dict[str, dict[str, int]], ratios: dict[str, float], seed: int) -> dict[str, str]:
+    """Map each group to a split, per source dataset, so sample counts follow the ratios.
+
+    `groups` is {source_dataset: {group_id: samples}}. Groups are taken in a seeded hash order; while a
+    dataset has groups enough, every split with a positive ratio first gets one (smallest ratio first),
+    then each group goes to the split furthest below its share.
+    """
+    splits = sorted((s for s, r in ratios.items() if r > 0), key=lambda s: (ratios[s], s))
+    assignment: dict[str, str] = {}
+    for dataset in sorted(groups):
+        counts = groups[dataset]
+        order = sorted(counts, key=lambda g: stable_hash([seed, g]))
+        assigned = {s: 0 for s in splits}
+        total = 0
+        for i, group in enumerate(order):
+            total += counts[group]
+            if len(order) >= len(splits) and i < len(splits):
+                split = splits[i]
+            else:
+                split = max(splits, key=lambda s: (ratios[s] * total - assigned[s], ratios[s]))
+            assigned[split] += counts[group]
+            assignment[group] = split
+    return assignment
+
+
+class _SplitWriter:
+    """Rolls Parquet shards of one split at `shard_rows`, hashing each as it closes."""
+
+    def __init__(self, folder: Path, split: str, shard_rows: int, metadata: dict[bytes, bytes]) -> None:
+        self.folder, self.split, self.shard_rows = folder, split, shard_rows
+        self.schema = PUBLISHED_SCHEMA.with_metadata(metadata)
+        self.closed: list[tuple[Path, int]] = []
+        self.writer: pq.ParquetWriter | None = None
+        self.rows_in_shard = 0
+        self.path: Path | None = None
+
+    def write(self, table: pa.Table) -> None:
+        offset = 0
+        while offset < table.num_rows:
+            if self.writer is None:
+                self.path = self.folder / f"{self.split}-{len(self.closed):05d}.parquet"
+                self.writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
+            take = min(self.shard_rows - self.rows_in_shard, table.num_rows - offset)
+            self.writer.write_table(table.slice(offset, take), row_group_size=max(take, 1))
+            offset += take
+            self.rows_in_shard += take
+            if self.rows_in_shard >= self.shard_rows:
+                self.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.closed.append((self.path, self.rows_in_shard))
+            self.writer, self.rows_in_shard = None, 0
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _Stats:
+    """Statistics of exactly the rows written, so the card reports what the shards hold."""
+
+    def __init__(self) -> None:
+        self.rows = Counter()
+        self.cells = Counter()  # (class, style)
+        self.answers = Counter()  # (question_type, answer key)
+        self.split_classes = Counter()  # (split, class)
+        self.sources = Counter()
+        self.cot_words = Counter()  # histogram bin -> count
+        self.cot_words_total = 0
+
+    def add(self, table: pa.Table) -> None:
+        columns = {c: table[c].to_pylist() for c in ("split", "class_label", "prompt_style", "question_type",
+                                                      "answer", "source_dataset", "assistant_text")}
+        for split, cls, style, qtype, answer, source, text in zip(*columns.values()):
+            self.rows[split] += 1
+            self.cells[(cls, style)] += 1
+            self.answers[(qtype, answer if qtype in ("multiple_choice", "yes_no") else "-")] += 1
+            self.split_classes[(split, cls)] += 1
+            self.sources[source] += 1
+            words = len(text.split())
+            self.cot_words_total += words
+            self.cot_words[min(words // 25 * 25, COT_LENGTH_BINS[-1])] += 1
+
+
+def _published_table(batch_table: pa.Table, audio: dict[str, bytes], split_of: dict[str, str]) -> pa.Table:
+    clip_ids = batch_table["clip_id"].to_pylist()
+    messages = [
+        [{"role": "system", "content": SYSTEM_PROMPT},
+         {"role": "user", "content": render_user_text(q, o)},
+         {"role": "assistant", "content": a}]
+        for q, o, a in zip(batch_table["question"].to_pylist(), batch_table["options"].to_pylist(),
+                           batch_table["assistant_text"].to_pylist())
+    ]
+    audio_column = pa.StructArray.from_arrays(
+        [pa.array([audio[c] for c in clip_ids], pa.binary()), pa.array([f"{c}.wav" for c in clip_ids], pa.string())],
+        fields=list(AUDIO_TYPE))
+    table = batch_table.set_column(batch_table.schema.get_field_index("split"), "split",
+                                   pa.array([split_of[g] for g in batch_table["group_id"].to_pylist()], pa.string()))
+    table = table.append_column("audio", audio_column).append_column("messages", pa.array(messages, MESSAGE_TYPE))
+    return table.select(PUBLISHED_SCHEMA.names).cast(PUBLISHED_SCHEMA)
+
+
+def dataset_dir(cfg: RunConfig) -> Path:
+    return cfg.run.out_dir / "datasets" / cfg.dataset_name / cfg.publish.version
+
+
+def publish_fingerprint(run: RunDir, cfg: RunConfig, extra: object = None) -> str:
+    upstream = [run.part_fingerprint("balance", b) for b in range(run.batch_count())]
+    publish_cfg = cfg.to_dict()["publish"]
+    publish_cfg.pop("push_to_hub")  # pushing does not change the dataset
+    return fingerprint(STAGE, STAGE_VERSION, stable_hash(publish_cfg), cfg.run.seed, cfg.dataset_name,
+                       stable_hash(upstream), extra)
+
+
+def run_publish(run: RunDir, cfg: RunConfig) -> StageReport:
+    """Write the dataset version (skipped when the same inputs already made it); push it if configured."""
+    started = time.perf_counter()
+    target = dataset_dir(cfg)
+    fp = publish_fingerprint(run, cfg)
+    manifest_file = target / "manifest.json"
+    if manifest_file.exists() and json.loads(manifest_file.read_text(encoding="utf-8")).get("fingerprint") == fp:
+        manifest = ShardManifest.model_validate_json(manifest_file.read_text(encoding="utf-8"))
+        report = StageReport(stage=STAGE, rows_in=sum(manifest.rows.values()), rows_out=sum(manifest.rows.values()),
+                             parts_skipped=1, notes=[f"dataset unchanged at {target}"])
+    else:
+        report = _write_dataset(run, cfg, target, fp, started)
+    if cfg.publish.push_to_hub:
+        push_to_hub(target, cfg.publish.push_to_hub, cfg.publish.private)
+        report.notes.append(f"pushed to the Hub as {cfg.publish.push_to_hub}")
+    return report
+
+
+def _group_counts(run: RunDir) -> dict[str, dict[str, int]]:
+    groups: dict[str, Counter] = {}
+    for batch in range(run.batch_count()):
+        table = run.read_part("balance", batch, ["source_dataset", "group_id"])
+        for dataset, group in zip(table["source_dataset"].to_pylist(), table["group_id"].to_pylist()):
+            groups.setdefault(dataset, Counter())[group] += 1
+    return {d: dict(c) for d, c in groups.items()}
+
+
+def _write_dataset(run: RunDir, cfg: RunConfig, target: Path, fp: str, started: float) -> StageReport:
+    split_of = assign_splits(_group_counts(run), cfg.publish.splits, cfg.run.seed)
+    work = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    (work / "data").mkdir(parents=True)
+    metadata = {b"huggingface": json.dumps({"info": {"features": hf_features()}}).encode()}
+    writers = {s: _SplitWriter(work / "data", s, cfg.publish.shard_rows, metadata) for s in cfg.publish.splits}
+    stats = _Stats()
+    try:
+        for batch in range(run.batch_count()):
+            table = run.read_part("balance", batch)
+            if table.num_rows == 0:
+                continue
+            ingest = run.read_part("ingest", batch, ["clip_id", "audio_wav"])
+            audio = dict(zip(ingest["clip_id"].to_pylist(), ingest["audio_wav"].to_pylist()))
+            published = _published_table(table, audio, split_of)
+            stats.add(published)
+            split_column = published["split"]
+            for split, writer in writers.items():
+                part = published.filter(pc.equal(split_column, split))
+                if part.num_rows:
+                    writer.write(part)
+            progress.advance(STAGE, table.num_rows)
+        for writer in writers.values():
+            writer.close()
+        shards = _finalize_shards(work, writers)
+        manifest = ShardManifest(name=cfg.dataset_name, version=cfg.publish.version, fingerprint=fp,
+                                 created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                 rows={s: stats.rows.get(s, 0) for s in cfg.publish.splits}, shards=shards)
+        (work / "manifest.json").write_text(manifest.model_dump_json(indent=1), encoding="utf-8")
+        _write_plots(work / "plots", stats)
+        (work / "README.md").write_text(dataset_card(cfg, manifest, stats, run), encoding="utf-8")
+        _swap_into_place(work, target)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    total = sum(stats.rows.values())
+    return StageReport(stage=STAGE, rows_in=total, rows_out=total, parts_done=1, seconds=time.perf_counter() - started,
+                       notes=[f"dataset at {target}: " + ", ".join(f"{s} {stats.rows.get(s, 0)}" for s in cfg.publish.splits)])
+
+
+def _finalize_shards(work: Path, writers: dict[str, _SplitWriter]) -> list[ShardInfo]:
+    shards = []
+    for split, writer in writers.items():
+        count = len(writer.closed)
+        for index, (path, rows) in enumerate(writer.closed):
+            final = path.with_name(f"{split}-{index:05d}-of-{count:05d}.parquet")
+            path.rename(final)
+            shards.append(ShardInfo(path=f"data/{final.name}", split=split, rows=rows, bytes=final.stat().st_size,
+                                    sha256=_sha256(final)))
+    return shards
+
+
+def _swap_into_place(work: Path, target: Path) -> None:
+    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    if target.exists():
+        target.rename(old)
+    work.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _md(text: object) -> str:
+    """Text from labels or the teacher, made inert in Markdown and HTML."""
+    return html.escape(str(text)).replace("|", "\\|").replace("\n", " ")
+
+
+def _write_plots(folder: Path, stats: _Stats) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    classes = sorted({c for c, _ in stats.cells})
+    styles = sorted({s for _, s in stats.cells})
+    grid = np.array([[stats.cells.get((c, s), 0) for s in styles] for c in classes]) if classes else np.zeros((1, 1))
+    fig, ax = plt.subplots(figsize=(2.2 + 1.3 * max(len(styles), 1), 1.2 + 0.32 * max(len(classes), 1)))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(styles)), styles)
+    ax.set_yticks(range(len(classes)), classes)
+    for (i, j), value in np.ndenumerate(grid):
+        ax.text(j, i, str(value), ha="center", va="center", color="white" if value < grid.max() * 0.6 else "black",
+                fontsize=8)
+    ax.set_title("samples per (class, prompt style)")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(folder / "class_style_heatmap.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    bins = sorted(stats.cot_words)
+    ax.bar(bins, [stats.cot_words[b] for b in bins], width=22, align="edge")
+    ax.set_xlabel("chain-of-thought length (words of assistant text)")
+    ax.set_ylabel("samples")
+    ax.set_title("CoT length")
+    fig.tight_layout()
+    fig.savefig(folder / "cot_length_hist.png", dpi=100)
+    plt.close(fig)
+
+
+def dataset_card(cfg: RunConfig, manifest: ShardManifest, stats: _Stats, run: RunDir) -> str:
+    splits = [s for s in cfg.publish.splits if manifest.rows.get(s)]
+    config_block = "\n".join(f"  - split: {s}\n    path: data/{s}-*.parquet" for s in splits)
+    total = sum(manifest.rows.values())
+    classes = sorted({c for c, _ in stats.cells})
+    styles = sorted({s for _, s in stats.cells})
+    lines = [
+        "---",
+        f"license: {cfg.publish.license}",
+        f"pretty_name: {json.dumps(cfg.dataset_name)}",
+        "task_categories:\n- audio-classification\n- question-answering",
+        "tags:\n- audio\n- chain-of-thought\n- cotaforge",
+        "configs:\n- config_name: default\n  data_files:\n" + config_block,
+        "---",
+        f"# {_md(cfg.dataset_name)} ({_md(cfg.publish.version)})",
+        "",
+        f"Chain-of-thought audio question-answer samples made by cotaforge {__version__} (schema "
+        f"{SCHEMA_VERSION}). Each row holds a 16 kHz mono clip, a question (with lettered options for multiple "
+        "choice), and an answer in the tagged format `<THINK><PLANNING>…</PLANNING><CAPTION>…</CAPTION>"
+        "<REASONING>…</REASONING><SUMMARY>…</SUMMARY></THINK><RESPONSE>…</RESPONSE>`. Answers were fixed from "
+        "the source labels and measured acoustic facts before the reasoning was written, and every row passed "
+        "validation.",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        f'ds = load_dataset("parquet", data_dir="{{path to this folder}}/data")',
+        "```",
+        "",
+        "## Splits",
+        "Splits are by group (speaker, or clip where there is none): no group appears in two splits.",
+        "",
+        "| split | rows |", "| --- | ---: |",
+        *(f"| {s} | {manifest.rows.get(s, 0)} |" for s in cfg.publish.splits),
+        f"| total | {total} |",
+        "",
+        "## Balance: samples per (class, prompt style)",
+        "![class by prompt style](plots/class_style_heatmap.png)",
+        "",
+        "| class | " + " | ".join(_md(s) for s in styles) + " |",
+        "| --- |" + " ---: |" * len(styles),
+        *(f"| {_md(c)} | " + " | ".join(str(stats.cells.get((c, s), 0)) for s in styles) + " |" for c in classes),
+        "",
+        "## Question types and answers",
+        "| question type | answer | rows |", "| --- | --- | ---: |",
+        *(f"| {_md(q)} | {_md(a)} | {n} |" for (q, a), n in sorted(stats.answers.items())),
+        "",
+        "## Chain-of-thought length",
+        f"Mean {stats.cot_words_total / max(total, 1):.0f} words per answer.",
+        "![CoT length histogram](plots/cot_length_hist.png)",
+        "",
+        "## Sources",
+        "| source dataset | rows |", "| --- | ---: |",
+        *(f"| {_md(s)} | {n} |" for s, n in sorted(stats.sources.items())),
+        "",
+    ]
+    if cfg.publish.attribution:
+        lines += ["## License and attribution", _md(cfg.publish.attribution), ""]
+    lines += ["## How it was made", _run_summary_markdown(run),
+              "", f"Shards, row counts and sha256 are in `manifest.json`; fingerprint `{manifest.fingerprint}`.", ""]
+    return "\n".join(lines)
+
+
+def _run_summary_markdown(run: RunDir) -> str:
+    rejects = run.rejects()
+    counts = Counter(zip(rejects["stage"].to_pylist(), rejects["reason"].to_pylist()))
+    config = json.loads(json.dumps(_safe_config(run)))
+    lines = [f"Teacher: `{_md(config.get('teacher', {}).get('backend', '?'))}`; caption mode "
+             f"`{_md(config.get('caption', {}).get('mode', '?'))}`; question bank "
+             f"`{_md(config.get('expand', {}).get('question_bank', '?'))}`; seed {config.get('run', {}).get('seed', 0)}.",
+             "", "Rows dropped on the way (every one is listed in the run's `rejects/`):", "",
+             "| stage | reason | rows |", "| --- | --- | ---: |"]
+    lines += [f"| {_md(s)} | {_md(r)} | {n} |" for (s, r), n in sorted(counts.items())] or ["| - | none | 0 |"]
+    return "\n".join(lines)
+
+
+def _safe_config(run: RunDir) -> dict:
+    import yaml
+
+    path = run.root / "config.yaml"
+    return yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def push_to_hub(folder: Path, repo_id: str, private: bool) -> None:
+    """Upload a published version as a Hub dataset repo (token from HF_TOKEN or `hf auth login`)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset",
+                      commit_message=f"cotaforge {__version__}: {folder.name}")

@@ -1,0 +1,238 @@
+"""validate: keep only samples whose format, answer and wording are right; each failure is a reason code.
+
+Inputs: `expand/part-N` and the clips of `ingest/part-N` (to recompute every ground truth).
+Output: `validate/part-N.parquet` (passing samples, `validation` JSON filled) and rejects.
+Checks (reason codes): schema_invalid; missing_stage, repeated_stage, stage_order, assistant_text_mismatch;
+stage_too_short, stage_too_long; ground_truth_mismatch, answer_mismatch; options_not_distinct,
+options_ambiguous; response_mismatch, summary_disagrees; leak_forbidden_word, leak_source_id,
+leak_answer_in_question; near_duplicate_question. Validators return reasons; they never raise per row.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import PurePath
+
+import pyarrow as pa
+from pydantic import ValidationError
+
+from cotaforge import progress
+from cotaforge.config import RunConfig
+from cotaforge.cot import option_letter, parse_assistant_text, render_user_text
+from cotaforge.describe import display_label
+from cotaforge.models import COT_STAGES, Rejection, Sample, StageReport
+from cotaforge.stages.ingest import load_run_stats, read_clips
+from cotaforge.store import SAMPLE_SCHEMA, RunDir, fingerprint, json_dumps
+
+STAGE = "validate"
+STAGE_VERSION = 1
+CHECKS = ("schema", "format", "lengths", "ground_truth", "options", "response", "summary", "leakage",
+          "near_duplicate")
+_WORD = re.compile(r"[\w']+", re.UNICODE)
+_LETTER = re.compile(r"\b([A-Z])\b")
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.casefold().replace('"', " ").replace("_", " ").split())
+
+
+def _contains(text: str, phrase: str) -> bool:
+    """Whole-word, case-insensitive containment (so 'one' is not found inside 'someone')."""
+    phrase = _norm(phrase)
+    return bool(phrase) and re.search(rf"(?<![\w]){re.escape(phrase)}(?![\w])", _norm(text)) is not None
+
+
+def final_letter(text: str) -> str | None:
+    """The last stand-alone capital letter of a multiple-choice response ('… so the answer is C')."""
+    found = _LETTER.findall(text)
+    return found[-1] if found else None
+
+
+def _expected_value(sample: dict, clip: dict) -> str | None:
+    """The ground truth recomputed from the clip itself, or None when the target is unknown."""
+    target = sample["target"]
+    if target == "class":
+        labels = [display_label(l) for l in clip["labels"]]
+        return sample["target_value"] if sample["target_value"] in labels else labels[0]
+    if target.startswith("metadata."):
+        return json.loads(clip["metadata"]).get(target.split(".", 1)[1])
+    if target.startswith("fact."):
+        grounding = json.loads(sample["validation"] or "{}").get("grounding", {})
+        value = clip["facts"].get(target.split(".", 1)[1])
+        if value is None or "reference_value" not in grounding:
+            return None
+        return grounding["more"] if value > grounding["reference_value"] else grounding["less"]
+    return None
+
+
+def check_answer(sample: dict, clip: dict) -> list[str]:
+    """Answer, options, response and summary agree with the ground truth and with each other."""
+    reasons: list[str] = []
+    qtype, answer, options = sample["question_type"], sample["answer"], sample["options"]
+    expected = _expected_value(sample, clip)
+    if expected is None or _norm(expected) != _norm(sample["target_value"]):
+        reasons.append("ground_truth_mismatch")
+    truth = sample["target_value"]
+    response, summary = sample["response"], sample["summary"]
+    if qtype == "multiple_choice":
+        if len({_norm(o) for o in options}) != len(options) or len(options) < 2:
+            reasons.append("options_not_distinct")
+        if sample["target"] == "class":
+            true_labels = {_norm(display_label(l)) for l in clip["labels"]}
+            if sum(_norm(o) in true_labels for o in options) != 1:
+                reasons.append("options_ambiguous")
+        letters = [option_letter(i) for i in range(len(options))]
+        if answer not in letters or _norm(options[letters.index(answer)]) != _norm(truth):
+            reasons.append("answer_mismatch")
+        if final_letter(response) != answer:
+            reasons.append("response_mismatch")
+        wrong = [o for i, o in enumerate(options) if option_letter(i) != answer]
+        names_answer = bool(re.search(rf"\b{answer}\b", summary)) or _contains(summary, truth)
+        if not names_answer or any(_contains(summary, o) and not _contains(truth, o) for o in wrong):
+            reasons.append("summary_disagrees")
+    elif qtype == "yes_no":
+        asked_is_true = _norm(sample["asked_value"]) in {_norm(display_label(l)) for l in clip["labels"]}
+        if answer not in ("yes", "no") or (answer == "yes") != asked_is_true:
+            reasons.append("answer_mismatch")
+        words = _WORD.findall(response.casefold())
+        if not words or words[0] != answer:
+            reasons.append("response_mismatch")
+        opposite = "no" if answer == "yes" else "yes"
+        if not _contains(summary, answer) or _contains(summary, opposite):
+            reasons.append("summary_disagrees")
+    else:  # open_ended and comparison: a short answer word or phrase
+        if _norm(answer) != _norm(truth):
+            reasons.append("answer_mismatch")
+        opposite = ""
+        if qtype == "comparison":
+            grounding = json.loads(sample["validation"] or "{}").get("grounding", {})
+            opposite = grounding.get("less") if answer == grounding.get("more") else grounding.get("more", "")
+        if not _contains(response, truth) or (opposite and _contains(response, opposite)):
+            reasons.append("response_mismatch")
+        if not _contains(summary, truth) or (opposite and _contains(summary, opposite)):
+            reasons.append("summary_disagrees")
+    return reasons
+
+
+def check_format(sample: dict, cfg: RunConfig) -> list[str]:
+    stages, problems = parse_assistant_text(sample["assistant_text"])
+    reasons = list(problems)
+    if not problems and any(stages[s] != sample[s].strip() for s in COT_STAGES):
+        reasons.append("assistant_text_mismatch")
+    for stage in COT_STAGES:
+        # The response of a multiple-choice or yes/no answer may be one word; the rest must say something.
+        minimum = 1 if stage == "response" else cfg.validate_.min_stage_chars
+        if len(sample[stage].strip()) < minimum:
+            reasons.append("stage_too_short")
+        if len(sample[stage]) > cfg.validate_.max_stage_chars:
+            reasons.append("stage_too_long")
+    return reasons
+
+
+def leak_terms(clip: dict) -> list[str]:
+    """Strings no question or CoT stage may contain: file names, ids and the split group's value."""
+    path = PurePath(clip["source_path"])
+    labels = {_norm(display_label(l)) for l in clip["labels"]}
+    terms = [path.name, clip["clip_id"], clip["source_id"] if clip["source_id"] != clip["source_path"] else ""]
+    if len(path.stem) >= 6 and _norm(path.stem) not in labels:
+        terms.append(path.stem)
+    group_value = clip["group_id"].split(":", 1)[1] if ":" in clip["group_id"] else clip["group_id"]
+    if _norm(group_value) not in labels:
+        terms.append(group_value)
+    return [t for t in terms if t and len(t) >= 3]
+
+
+def check_leakage(sample: dict, clip: dict, cfg: RunConfig) -> list[str]:
+    reasons: list[str] = []
+    joined = " \n ".join([sample["question"], *(sample[s] for s in COT_STAGES)])
+    normalized = _norm(joined)
+    words = set(_WORD.findall(normalized))
+
+    def mentions(term: str) -> bool:
+        term = _norm(term)
+        # Single words are matched whole ('one' is not in 'someone'); ids and file names as substrings.
+        return term in words if _WORD.fullmatch(term) and not any(c.isdigit() for c in term) else term in normalized
+
+    if any(mentions(word) for word in cfg.validate_.forbidden_words):
+        reasons.append("leak_forbidden_word")
+    if any(mentions(term) for term in [sample["sample_id"], *leak_terms(clip)]):
+        reasons.append("leak_source_id")
+    if sample["question_type"] in ("multiple_choice", "open_ended") and _contains(sample["question"], sample["target_value"]):
+        reasons.append("leak_answer_in_question")
+    return reasons
+
+
+def _jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def validate_samples(samples: list[dict], clips: dict[str, dict], cfg: RunConfig) -> tuple[list[dict], list[Rejection]]:
+    """Run every check over one batch's samples; return the passing ones (with `validation` filled) and rejects."""
+    passed: list[dict] = []
+    rejects: list[Rejection] = []
+    seen_questions: dict[str, list[set[str]]] = {}
+    for sample in samples:
+        clip = clips.get(sample["clip_id"])
+        try:
+            Sample.model_validate(sample)
+            reasons = [] if clip else ["ground_truth_mismatch"]
+        except ValidationError as exc:
+            reasons = ["schema_invalid"]
+            detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        if clip and not reasons:
+            reasons = check_format(sample, cfg) + check_answer(sample, clip) + check_leakage(sample, clip, cfg)
+            tokens = set(_WORD.findall(render_user_text(sample["question"], sample["options"]).casefold()))
+            earlier = seen_questions.setdefault(sample["clip_id"], [])
+            if any(_jaccard(tokens, other) >= cfg.validate_.near_duplicate_jaccard for other in earlier):
+                reasons.append("near_duplicate_question")
+            elif not reasons:
+                earlier.append(tokens)
+            detail = ", ".join(dict.fromkeys(reasons))
+        if reasons:
+            unique = list(dict.fromkeys(reasons))
+            where = clip["manifest_row"] if clip else sample.get("source_path", "")
+            rejects.append(Rejection(
+                stage=STAGE, reason=unique[0], reasons=unique, clip_id=sample["clip_id"],
+                sample_id=sample["sample_id"], manifest_row=clip["manifest_row"] if clip else "",
+                source_path=sample.get("source_path", ""), raw=sample.get("assistant_text", ""),
+                message=f"{where}: sample {sample['sample_id']} ({sample['question_type']}) failed: {detail}"))
+            continue
+        validation = json.loads(sample["validation"] or "{}")
+        flags = []
+        if clip["facts"]["clipping_ratio"] > 0.01:
+            flags.append("clipping")
+        if clip["facts"]["loudness_dbfs"] < -45:
+            flags.append("very_quiet")
+        validation.update(passed=True, checks=list(CHECKS), flags=flags)
+        passed.append({**sample, "validation": json_dumps(validation)})
+    return passed, rejects
+
+
+def validate_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
+    """Validate one batch into `validate/part-<batch>.parquet`; skip it if already done."""
+    started = time.perf_counter()
+    fp = fingerprint(STAGE, STAGE_VERSION, cfg.section_hash("validate"), run.part_fingerprint("expand", batch))
+    if run.part_fingerprint(STAGE, batch) == fp:
+        report = run.stored_report(STAGE, batch)
+        progress.advance(STAGE, report.rows_in)
+        return report
+    stats = load_run_stats(run)
+    clips = {c["clip_id"]: c for c in read_clips(run, batch, stats).to_pylist()}
+    samples = run.read_part("expand", batch).to_pylist()
+    passed, rejects = validate_samples(samples, clips, cfg)
+    progress.advance(STAGE, len(samples))
+    rejected: dict[str, int] = {}
+    for reject in rejects:
+        rejected[reject.reason] = rejected.get(reject.reason, 0) + 1
+    report = StageReport(stage=STAGE, rows_in=len(samples), rows_out=len(passed), rejected=rejected, parts_done=1,
+                         seconds=time.perf_counter() - started)
+    run.write_part(STAGE, batch, pa.Table.from_pylist(passed, schema=SAMPLE_SCHEMA), fp, rejects, report)
+    return report
+
+
+def run_validate(run: RunDir, cfg: RunConfig) -> StageReport:
+    from cotaforge.models import merge_reports
+
+    return merge_reports(STAGE, [validate_batch(run, cfg, b) for b in range(run.batch_count())])

@@ -1,0 +1,172 @@
+"""The run directory: one Parquet part per (stage, batch), written atomically and stamped with a fingerprint.
+
+    <out>/runs/<run>/
+        config.yaml, config.sha256     the resolved config and its hash
+        manifest.parquet               the combined input manifest (fixes the batch partition)
+        <stage>/part-00000.parquet     one part per batch; schema metadata holds fingerprint and report
+        rejects/<stage>/part-00000.parquet
+        report.json, report.md         the run report
+
+A part's fingerprint hashes everything that made it (stage config, prompt versions, teacher, the upstream
+part's fingerprint), so a re-run skips parts whose fingerprint matches and redoes exactly the rest.
+The rejects file is written before the part: a part on disk means its batch is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cotaforge.config import RunConfig, stable_hash
+from cotaforge.models import Rejection, StageReport
+
+STAGES = ("ingest", "caption", "expand", "validate", "balance", "publish")
+
+FACTS_TYPE = pa.struct([
+    ("duration_s", pa.float64()), ("loudness_dbfs", pa.float64()), ("peak_dbfs", pa.float64()),
+    ("clipping_ratio", pa.float64()), ("silence_ratio", pa.float64()), ("spectral_centroid_hz", pa.float64()),
+    ("onset_count", pa.int64()), ("tempo_bpm", pa.float64()), ("f0_median_hz", pa.float64()),
+    ("voiced_ratio", pa.float64()),
+])
+CLIP_SCHEMA = pa.schema([
+    ("clip_id", pa.string()), ("group_id", pa.string()), ("source_dataset", pa.string()),
+    ("source_path", pa.string()), ("source_id", pa.string()), ("manifest_row", pa.string()),
+    ("labels", pa.list_(pa.string())), ("class_label", pa.string()), ("metadata", pa.string()),
+    ("original_sample_rate_hz", pa.int64()), ("original_channels", pa.int64()), ("sample_rate_hz", pa.int64()),
+    ("facts", FACTS_TYPE), ("row_index", pa.int64()), ("audio_wav", pa.binary()),
+])
+CAPTION_SCHEMA = pa.schema([
+    ("clip_id", pa.string()), ("mode", pa.string()), ("text", pa.string()), ("prompt_version", pa.string()),
+])
+TEACHER_TYPE = pa.struct([
+    ("backend", pa.string()), ("model", pa.string()), ("prompt_versions", pa.list_(pa.string())),
+    ("parameters", pa.string()),
+])
+SAMPLE_SCHEMA = pa.schema([
+    ("sample_id", pa.string()), ("clip_id", pa.string()), ("group_id", pa.string()),
+    ("source_dataset", pa.string()), ("source_path", pa.string()), ("source_id", pa.string()),
+    ("duration_s", pa.float64()), ("sample_rate_hz", pa.int64()), ("labels", pa.list_(pa.string())),
+    ("class_label", pa.string()), ("metadata", pa.string()), ("question_type", pa.string()),
+    ("prompt_style", pa.string()), ("target", pa.string()), ("target_value", pa.string()),
+    ("asked_value", pa.string()), ("question", pa.string()), ("options", pa.list_(pa.string())),
+    ("answer", pa.string()), ("planning", pa.string()), ("caption", pa.string()), ("reasoning", pa.string()),
+    ("summary", pa.string()), ("response", pa.string()), ("assistant_text", pa.string()),
+    ("teacher", TEACHER_TYPE), ("validation", pa.string()), ("review", pa.string()), ("split", pa.string()),
+    ("schema_version", pa.string()),
+])
+REJECTION_SCHEMA = pa.schema([
+    ("stage", pa.string()), ("reason", pa.string()), ("reasons", pa.list_(pa.string())), ("message", pa.string()),
+    ("manifest_row", pa.string()), ("source_path", pa.string()), ("clip_id", pa.string()),
+    ("sample_id", pa.string()), ("raw", pa.string()),
+])
+
+_FINGERPRINT_KEY = b"cotaforge.fingerprint"
+_REPORT_KEY = b"cotaforge.report"
+
+
+def write_table_atomic(table: pa.Table, path: Path, metadata: dict[bytes, bytes] | None = None,
+                       compression: str = "zstd") -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(table, tmp, compression=compression)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """Paths and part bookkeeping of one run. Cheap to build; holds no data."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @classmethod
+    def for_config(cls, cfg: RunConfig) -> "RunDir":
+        return cls(cfg.run.out_dir / "runs" / cfg.run_name)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.parquet"
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def part_path(self, stage: str, batch: int) -> Path:
+        return self.root / stage / f"part-{batch:05d}.parquet"
+
+    def rejects_path(self, stage: str, batch: int | str) -> Path:
+        name = f"part-{batch:05d}" if isinstance(batch, int) else batch
+        return self.root / "rejects" / stage / f"{name}.parquet"
+
+    def batch_count(self) -> int:
+        if not self.manifest_path.exists():
+            raise FileNotFoundError(f"{self.manifest_path} is missing: run ingest first")
+        metadata = pq.read_schema(self.manifest_path).metadata or {}
+        return int(metadata[b"cotaforge.batches"])
+
+    def manifest_rows(self) -> int:
+        return pq.read_metadata(self.manifest_path).num_rows
+
+    def part_rows(self, stage: str) -> int:
+        """Rows in the current parts of a stage, from the Parquet footers alone."""
+        return sum(pq.read_metadata(self.part_path(stage, b)).num_rows for b in range(self.batch_count()))
+
+    def part_fingerprint(self, stage: str, batch: int) -> str | None:
+        path = self.part_path(stage, batch)
+        if not path.exists():
+            return None
+        return (pq.read_schema(path).metadata or {}).get(_FINGERPRINT_KEY, b"").decode() or None
+
+    def stored_report(self, stage: str, batch: int) -> StageReport:
+        metadata = pq.read_schema(self.part_path(stage, batch)).metadata or {}
+        report = StageReport.model_validate_json(metadata[_REPORT_KEY])
+        return report.model_copy(update={"parts_done": 0, "parts_skipped": 1, "seconds": 0.0})
+
+    def write_part(self, stage: str, batch: int, table: pa.Table, fingerprint: str,
+                   rejects: list[Rejection], report: StageReport) -> None:
+        write_rejects(self.rejects_path(stage, batch), rejects)
+        write_table_atomic(table, self.part_path(stage, batch), {
+            _FINGERPRINT_KEY: fingerprint.encode(),
+            _REPORT_KEY: report.model_dump_json().encode(),
+        })
+
+    def read_part(self, stage: str, batch: int, columns: list[str] | None = None) -> pa.Table:
+        path = self.part_path(stage, batch)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run the '{stage}' stage first")
+        return pq.read_table(path, columns=columns)
+
+    def rejects(self, stage: str | None = None) -> pa.Table:
+        """All reject rows of the current parts (of one stage, or every stage)."""
+        stages = [stage] if stage else STAGES
+        tables = [pq.read_table(p) for s in stages for p in sorted((self.root / "rejects" / s).glob("*.parquet"))]
+        return pa.concat_tables(tables) if tables else REJECTION_SCHEMA.empty_table()
+
+
+def write_rejects(path: Path, rejects: list[Rejection]) -> None:
+    rows = [r.model_dump() for r in rejects]
+    write_table_atomic(pa.Table.from_pylist(rows, schema=REJECTION_SCHEMA), path)
+
+
+def fingerprint(stage: str, *parts: object) -> str:
+    return stable_hash([stage, *parts])
+
+
+def json_dumps(value: object) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))

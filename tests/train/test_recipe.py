@@ -1,0 +1,77 @@
+"""The recipe on a tiny random Qwen2-Audio: exact resume, loss masking, loss averaging, config checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from safetensors.torch import load_file  # noqa: E402
+
+from cotaforge.train.data import IGNORE_INDEX, collate, render_user_text  # noqa: E402
+from cotaforge.train.recipe import FinetuneRecipe, answer_loss_terms, run_finetune  # noqa: E402
+
+from .factories import tiny_config  # noqa: E402
+
+
+def _final_weights(run_dir: Path) -> dict[str, "torch.Tensor"]:
+    return load_file(str(run_dir / "final" / "model.safetensors"))
+
+
+@pytest.mark.parametrize("killed_before_checkpoint", [False, True])
+def test_stopped_and_resumed_run_equals_uninterrupted_run(digit_dataset: Path, tmp_path: Path,
+                                                         killed_before_checkpoint: bool) -> None:
+    # Dropout, augmentation and several pools per epoch make the RNG and the data position matter.
+    straight = run_finetune(tiny_config(digit_dataset, tmp_path, "straight"))
+    stopped = run_finetune(tiny_config(digit_dataset, tmp_path, "resumed"), stop_at_step=3)
+    assert stopped.steps == 3 and stopped.final_dir is None
+    if killed_before_checkpoint:  # as if killed after step 3 but before its checkpoint: resume from step 2
+        shutil.rmtree(stopped.run_dir / "checkpoints" / "step-0000003")
+    resumed = run_finetune(tiny_config(digit_dataset, tmp_path, "resumed"))
+    assert resumed.steps == 6
+
+    expected, actual = _final_weights(straight.run_dir), _final_weights(resumed.run_dir)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    losses = [[json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+              for run in (straight.run_dir, resumed.run_dir)]
+    assert losses[0] == losses[1]
+
+
+def test_a_changed_config_refuses_to_resume(digit_dataset: Path, tmp_path: Path) -> None:
+    run_finetune(tiny_config(digit_dataset, tmp_path, "run"), stop_at_step=2)
+    changed = tiny_config(digit_dataset, tmp_path, "run", train={"learning_rate": 1e-3})
+    with pytest.raises(ValueError, match="different config"):
+        FinetuneRecipe(changed).setup()
+
+
+def test_loss_covers_only_the_answer_tokens(digit_dataset: Path, tmp_path: Path) -> None:
+    recipe = FinetuneRecipe(tiny_config(digit_dataset, tmp_path))
+    recipe.setup()
+    sample = recipe.encoder.encode(torch.zeros(8000).numpy(), render_user_text("Which digit?", ["one", "two"]),
+                                   "<THINK><PLANNING>p</PLANNING></THINK><RESPONSE>A</RESPONSE>")
+    batch = collate([sample, sample], recipe.pad_id)
+    answer = recipe.processor.tokenizer.decode(batch["labels"][0][batch["labels"][0] != IGNORE_INDEX])
+    assert answer == "<THINK><PLANNING>p</PLANNING></THINK><RESPONSE>A</RESPONSE><|im_end|>"
+    recipe.cleanup()
+
+
+def test_per_sample_average_weighs_each_sample_once() -> None:
+    # Sample 0 has 1 answer token with loss ln(4); sample 1 has 3 tokens with loss ln(1) = 0.
+    logits = torch.zeros(2, 5, 4)
+    logits[1, :, 0] = 100.0
+    labels = torch.full((2, 5), IGNORE_INDEX)
+    labels[0, 4] = 2
+    labels[1, 2:5] = 0
+    sums, counts = answer_loss_terms(logits, labels)
+    assert counts.tolist() == [1, 3]
+    per_token = float(sums.sum() / counts.sum())
+    per_sample = float((sums / counts).mean())
+    assert per_token == pytest.approx(torch.log(torch.tensor(4.0)).item() / 4)
+    assert per_sample == pytest.approx(torch.log(torch.tensor(4.0)).item() / 2)
