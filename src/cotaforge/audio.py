@@ -67,10 +67,10 @@ def decode_audio(path: Path) -> DecodedAudio:
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise AudioDecodeError("decode_failed", f"{path} could not be decoded as audio ({exc}); "
                                                 "check it is a WAV, FLAC, OGG or MP3 file") from exc
-    # libsndfile trusts the header; fewer decoded frames than declared means the file was cut short.
-    if declared_frames > 0 and len(data) < declared_frames and path.suffix.lower() not in {".mp3", ".ogg"}:
-        raise AudioDecodeError("file_truncated", f"{path} is truncated: the header declares {declared_frames} "
-                                                 f"frames but only {len(data)} decode; re-export the file")
+    declared_bytes, available_bytes = _wav_data_sizes(path)
+    if declared_bytes > available_bytes or (declared_frames > 0 and len(data) < declared_frames):
+        raise AudioDecodeError("file_truncated", f"{path} is truncated: its header declares more audio than the "
+                                                 "file holds; re-export or re-download it")
     if len(data) == 0:
         raise AudioDecodeError("file_empty", f"{path} holds no audio frames; replace it with the real recording")
     mono = data.mean(axis=1, dtype=np.float32) if channels > 1 else data[:, 0]
@@ -80,6 +80,29 @@ def decode_audio(path: Path) -> DecodedAudio:
     if sample_rate != SAMPLE_RATE_HZ:
         mono = soxr.resample(mono, sample_rate, SAMPLE_RATE_HZ, quality="HQ").astype(np.float32, copy=False)
     return DecodedAudio(np.ascontiguousarray(mono, dtype=np.float32), sample_rate, channels, clipping_ratio)
+
+
+def _wav_data_sizes(path: Path) -> tuple[int, int]:
+    """(bytes the RIFF 'data' chunk declares, bytes actually there); (0, 0) for other formats.
+
+    libsndfile quietly shortens a cut-off WAV to what is left, so the header is checked here.
+    """
+    with path.open("rb") as handle:
+        header = handle.read(12)
+        if len(header) < 12 or header[:4] not in (b"RIFF", b"RF64") or header[8:12] != b"WAVE":
+            return 0, 0
+        size = path.stat().st_size
+        while True:
+            chunk = handle.read(8)
+            if len(chunk) < 8:
+                return 0, 0
+            chunk_id, chunk_size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if chunk_id == b"data":
+                # Streaming writers leave 0 or 0xFFFFFFFF when the length was unknown: nothing to check.
+                if chunk_size in (0, 0xFFFFFFFF) or header[:4] == b"RF64":
+                    return 0, 0
+                return chunk_size, size - handle.tell()
+            handle.seek(chunk_size + (chunk_size & 1), 1)
 
 
 def to_pcm16(samples: np.ndarray) -> np.ndarray:
@@ -123,6 +146,8 @@ _WINDOW_AC = (_WINDOW_AC / _WINDOW_AC[0]).astype(np.float32)
 
 
 def _frames(samples: np.ndarray) -> np.ndarray:
+    # Centred frames (half a frame of silence each side): a hit at the very start is not lost to the taper.
+    samples = np.pad(samples, (N_FFT // 2, N_FFT // 2))
     if len(samples) < N_FFT:
         samples = np.pad(samples, (0, N_FFT - len(samples)))
     count = 1 + (len(samples) - N_FFT) // HOP

@@ -25,6 +25,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Make staged chain-of-thought QA corpora from labeled audio.")
 schemas_app = typer.Typer(no_args_is_help=True, help="JSON Schemas of cotaforge's records.")
 app.add_typer(schemas_app, name="schemas")
+review_app = typer.Typer(no_args_is_help=True,
+                         help="Review samples in the browser; `cotaforge publish` applies the decisions.")
+app.add_typer(review_app, name="review")
 console = Console(stderr=True)
 
 ConfigArg = Annotated[Optional[Path], typer.Argument(help="run config YAML; optional when --manifest is given")]
@@ -229,6 +232,91 @@ def schemas_check(folder: Annotated[Path, typer.Option(help="folder of committed
         console.print("schemas out of date: " + ", ".join(drift) + "; run `cotaforge schemas export`")
         raise typer.Exit(code=1)
     print("schemas up to date")
+
+
+RunArg = Annotated[Path, typer.Argument(help="the run directory, e.g. output/runs/demo")]
+DbOpt = Annotated[Optional[str], typer.Option("--db", help="review database URL (default: review.db_url of the "
+                                                          "run's config, else RUN/review/review.sqlite)")]
+
+
+def _review_store(run_dir: Path, db: str | None):
+    from cotaforge.review.db import ReviewStore, resolve_db_url
+    from cotaforge.review.samples import load_run_config
+    from cotaforge.store import RunDir
+
+    if not (run_dir / "config.yaml").is_file():
+        raise CotaforgeError(f"{run_dir} is not a run directory (no config.yaml); point at output/runs/<run>")
+    run = RunDir(run_dir)
+    return run, ReviewStore(resolve_db_url(run, load_run_config(run), db))
+
+
+@review_app.command("serve")
+def review_serve(run_dir: RunArg, host: Annotated[str, typer.Option(help="address to bind; keep 127.0.0.1 "
+                                                                          "unless a proxy with TLS is in front")] = "127.0.0.1",
+                 port: Annotated[int, typer.Option(help="port to listen on")] = 8700, db: DbOpt = None) -> None:
+    """Start the review web app for a run (sign in with a token from `review add-annotator`)."""
+    import uvicorn
+
+    from cotaforge.review.app import create_app
+
+    try:
+        review = create_app(run_dir, db)
+    except (CotaforgeError, FileNotFoundError) as exc:
+        _fail(exc)
+    console.print(f"review app for {run_dir} at http://{host}:{port}/ (Ctrl+C stops it)")
+    uvicorn.run(review, host=host, port=port, log_level="info", server_header=False)
+
+
+@review_app.command("add-annotator")
+def review_add_annotator(name: Annotated[str, typer.Argument(help="the annotator's name, e.g. ana")],
+                         run_dir: Annotated[Path, typer.Option("--run", help="the run directory")],
+                         db: DbOpt = None,
+                         rotate: Annotated[bool, typer.Option(help="replace the token of an existing annotator")] = False) -> None:
+    """Create an annotator and print their sign-in token once (only its hash is stored)."""
+    try:
+        _, store = _review_store(run_dir, db)
+        token = store.add_annotator(name, rotate=rotate)
+    except (CotaforgeError, ValueError) as exc:
+        _fail(exc)
+    console.print(f"token for {name} (shown once, stored hashed; give it to them privately):")
+    print(token)
+
+
+@review_app.command("export-labelstudio")
+def review_export_labelstudio(
+        run_dir: RunArg, out: Annotated[Path, typer.Argument(help="the tasks JSON file to write")], db: DbOpt = None,
+        audio_prefix: Annotated[str, typer.Option(help="URL prefix of the audio files, before CLIP_ID.wav")] = "audio/",
+        audio_dir: Annotated[Optional[Path], typer.Option(help="also write each clip as DIR/CLIP_ID.wav")] = None) -> None:
+    """Write the run's balanced samples (and any decisions) as Label Studio tasks, with its labeling config."""
+    from cotaforge.review.labelstudio import export_tasks
+    from cotaforge.review.samples import RunSamples
+
+    try:
+        run, store = _review_store(run_dir, db)
+        written = export_tasks(RunSamples(run), store, out, audio_prefix, audio_dir)
+    except (CotaforgeError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    print(f"{written} tasks in {out}; labeling config in {out.with_suffix('.xml')}")
+
+
+@review_app.command("import-labelstudio")
+def review_import_labelstudio(run_dir: RunArg,
+                              tasks: Annotated[Path, typer.Argument(help="Label Studio's JSON export of tasks")],
+                              db: DbOpt = None) -> None:
+    """Store the annotations of a Label Studio export as decisions (re-importing the same file adds nothing)."""
+    from cotaforge.review.labelstudio import import_tasks
+    from cotaforge.review.samples import RunSamples
+
+    try:
+        run, store = _review_store(run_dir, db)
+        report = import_tasks(RunSamples(run), store, tasks)
+    except (CotaforgeError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    print(f"imported {report.recorded} decisions ({report.already} already stored, {len(report.problems)} skipped)")
+    for problem in report.problems:
+        console.print(f"skipped: {problem}", markup=False)
+    if report.problems:
+        raise typer.Exit(code=1)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cotaforge.errors import ConfigError
 
 PROMPT_STYLES_TEMPLATE = ("concise", "conversational")
+LLM_PROMPT_STYLE = "llm"  # the teacher writes the question (and wrong options) around the fixed answer
 
 
 class _Section(BaseModel):
@@ -61,14 +62,62 @@ class IngestSection(_Section):
 class CaptionSection(_Section):
     mode: Literal["facts", "text_llm", "audio_llm"] = "facts"
     prompt: str = Field(default="caption_facts.v1", description="prompt file stem in prompts/")
+    text_prompt: str = Field(default="caption_text.v1", description="prompt of mode text_llm")
+    audio_prompt: str = Field(default="caption_audio.v1", description="prompt of mode audio_llm")
+    window_s: float = Field(default=30.0, ge=1, le=600,
+                            description="audio_llm: longer clips are captioned in windows this long, then merged")
 
 
 class TeacherSection(_Section):
     backend: Literal["template", "openai", "vllm"] = "template"
-    model: str = "template"
-    base_urls: list[str] = Field(default_factory=list)
+    model: str = Field(default="template", description="model name the server knows (vLLM: the served model)")
+    base_urls: list[str] = Field(default_factory=list,
+                                 description="OpenAI-compatible endpoints, e.g. http://gpu1:8000/v1; requests spread across them")
+    api_key_env: str = Field(default="OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                             description="environment variable that holds the API key, when the server needs one")
+    structured_output: Literal["json_schema", "json_object", "json"] = Field(
+        default="json_schema", description="json_schema (vLLM), json_object with a schema (llama.cpp), json (prompt + repair)")
     temperature: float = Field(default=0.7, ge=0, le=2)
     max_tokens: int = Field(default=1024, ge=16, le=32_768)
+    concurrency_per_endpoint: int = Field(default=64, ge=1, le=4096, description="requests in flight per endpoint")
+    requests_per_min: float | None = Field(default=None, gt=0, description="optional limit over all endpoints")
+    tokens_per_min: float | None = Field(default=None, gt=0, description="optional limit (prompt + completion tokens)")
+    timeout_s: float = Field(default=300.0, gt=0, le=3600, description="one request, from sending to the whole answer")
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    retries: int = Field(default=6, ge=0, le=100, description="re-sends after 429, 5xx, timeouts, connection errors")
+    output_attempts: int = Field(default=3, ge=1, le=20,
+                                 description="answers asked for when one is cut off (length) or does not parse or validate")
+    backoff_s: float = Field(default=1.0, ge=0, le=600, description="first retry delay; doubles per retry, with jitter")
+    backoff_max_s: float = Field(default=60.0, ge=0, le=3600)
+    cache: bool = Field(default=True, description="replay answered requests from the response cache")
+    cache_dir: Path | None = Field(default=None, description="default <run.out_dir>/cache/teacher, shared across runs")
+    usd_per_million_prompt_tokens: float = Field(default=0.0, ge=0)
+    usd_per_million_completion_tokens: float = Field(default=0.0, ge=0)
+    question_prompt: str = Field(default="question_llm.v1", description="prompt of the llm prompt style's questions")
+    cot_prompt: str = Field(default="cot_llm.v1", description="prompt of the chain of thought")
+    judge_prompt: str = Field(default="judge.v1", description="prompt of validate's optional judge")
+    vllm_engine: dict[str, Any] = Field(default_factory=dict,
+                                        description="backend vllm: keyword arguments of vllm.LLM, e.g. tensor_parallel_size")
+
+    @field_validator("base_urls")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+                raise ValueError(f"{url!r} is not an http(s) URL; give the API root, e.g. http://localhost:8000/v1")
+        if len(set(value)) != len(value):
+            raise ValueError("list each base URL once")
+        return [url.rstrip("/") for url in value]
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> "TeacherSection":
+        if self.backend != "template" and self.model == "template":
+            raise ValueError(f"teacher.backend {self.backend} needs teacher.model (e.g. --model Qwen/Qwen2.5-7B-Instruct)")
+        if self.backend == "openai" and not self.base_urls:
+            raise ValueError("teacher.backend openai needs at least one teacher.base_urls entry (--base-url URL)")
+        if self.backend == "template" and self.base_urls:
+            raise ValueError("teacher.base_urls is set but teacher.backend is template; add --teacher openai")
+        return self
 
 
 class ExpandSection(_Section):
@@ -101,6 +150,8 @@ class ValidateSection(_Section):
         default_factory=lambda: ["label", "labels", "labeled", "labelled", "metadata", "annotation",
                                  "annotations", "annotated", "manifest"]
     )
+    judge: bool = Field(default=False, description="ask the teacher whether each sample's reasoning supports its answer")
+    judge_min_score: int = Field(default=3, ge=1, le=5, description="judge scores (1-5) below this are rejected")
 
 
 class BalanceSection(_Section):
@@ -136,6 +187,30 @@ class PublishSection(_Section):
         return value
 
 
+class ReviewSection(_Section):
+    db_url: str | None = Field(
+        default=None, description="review database: an SQLAlchemy URL (e.g. postgresql+psycopg://host/db); "
+                                  "default <run>/review/review.sqlite")
+    double_fraction: float = Field(default=0.1, ge=0, le=1,
+                                   description="share of samples annotated twice, by different annotators")
+    reject_reasons: list[str] = Field(
+        default_factory=lambda: ["wrong_answer", "audio_mismatch", "hallucination", "reasoning_error",
+                                 "question_unclear", "leaks_answer", "bad_audio", "other"],
+        description="reasons an annotator picks from when rejecting a sample")
+    claim_minutes: int = Field(default=30, ge=1, le=24 * 60,
+                               description="how long a served sample stays reserved for its annotator")
+    session_hours: int = Field(default=12, ge=1, le=24 * 30, description="how long a sign-in lasts")
+
+    @field_validator("reject_reasons")
+    @classmethod
+    def _reasons(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("list at least one reason, each once")
+        if any(not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", r) for r in value):
+            raise ValueError("reject reasons are lower-case codes, e.g. wrong_answer")
+        return value
+
+
 class RunConfig(_Section):
     run: RunSection = Field(default_factory=RunSection)
     inputs: InputSection = Field(default_factory=InputSection)
@@ -146,15 +221,33 @@ class RunConfig(_Section):
     validate_: ValidateSection = Field(default_factory=ValidateSection, alias="validate")
     balance: BalanceSection = Field(default_factory=BalanceSection)
     publish: PublishSection = Field(default_factory=PublishSection)
+    review: ReviewSection = Field(default_factory=ReviewSection)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _llm_parts_need_llm_teacher(self) -> "RunConfig":
+        if self.teacher.backend != "template":
+            return self
+        needs = [name for name, used in (
+            (f"caption.mode={self.caption.mode}", self.caption.mode != "facts"),
+            (f"expand.prompt_styles with '{LLM_PROMPT_STYLE}'", LLM_PROMPT_STYLE in self.expand.prompt_styles),
+            ("validate.judge", self.validate_.judge)) if used]
+        if needs:
+            raise ValueError(f"{', '.join(needs)} need an LLM teacher: set teacher.backend openai (or vllm) and "
+                             "teacher.model, e.g. --teacher openai --base-url http://localhost:8000/v1 --model NAME")
+        return self
+
+    @property
+    def teacher_cache_dir(self) -> Path:
+        return self.teacher.cache_dir or self.run.out_dir / "cache" / "teacher"
 
     @property
     def run_name(self) -> str:
         if self.run.name:
             return self.run.name
         stems = [(m if m.is_dir() else m.parent).name or "dataset" for m in self.inputs.manifests]
-        name = re.sub(r"[^A-Za-z0-9._-]+", "-", "+".join(dict.fromkeys(stems)) or "dataset").strip("-.")
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(dict.fromkeys(stems)) or "dataset").strip("-.")
         return name[:80] or "dataset"
 
     @property

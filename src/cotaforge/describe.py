@@ -50,6 +50,7 @@ def fact_phrases(facts: dict) -> dict[str, str]:
     return {
         "duration": format_seconds(duration),
         "duration_cap": format_seconds(duration).capitalize(),
+        "duration_adj": f"{duration:.2f}-second" if duration < 10 else f"{duration:.1f}-second",
         "duration_word": duration_word,
         "loudness": f"{loudness:.1f} dBFS",
         "loudness_word": loudness_word,

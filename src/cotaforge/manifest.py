@@ -96,7 +96,7 @@ def read_manifest(path: Path, group_by: str | None = None, start_index: int = 0)
     if table.empty:
         raise InputError(f"manifest {path} has no rows")
     group_column = group_by if group_by and group_by in table.columns else ("group" if "group" in table.columns else None)
-    metadata_columns = [c for c in table.columns if c not in RESERVED_COLUMNS and c != group_column]
+    metadata_columns = [c for c in table.columns if c not in RESERVED_COLUMNS]  # a group column stays too
 
     rows: list[ManifestRow] = []
     for offset, record in enumerate(table.to_dict(orient="records")):

@@ -127,10 +127,16 @@ class Rejection(_Record):
 
 
 class TeacherUsage(_Record):
-    requests: int = 0
-    cache_hits: int = 0
+    """What a stage asked of its teacher. Tokens and cost count only answers paid for (cache misses)."""
+
+    requests: int = Field(default=0, description="requests sent to a server, retries included")
+    cache_hits: int = Field(default=0, description="answers replayed from the response cache")
+    cache_misses: int = Field(default=0, description="answers a server returned (then cached)")
+    retries: int = Field(default=0, description="re-sends after errors, and re-asks after unusable answers")
+    failures: int = Field(default=0, description="requests that ended as reject rows")
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost_usd: float = Field(default=0.0, description="from teacher.usd_per_million_*_tokens; 0 when not set")
 
 
 class StageReport(_Record):
@@ -188,7 +194,7 @@ def merge_reports(stage: str, reports: list[StageReport]) -> StageReport:
         total.seconds += report.seconds
         for reason, count in report.rejected.items():
             total.rejected[reason] = total.rejected.get(reason, 0) + count
-        for key in ("requests", "cache_hits", "prompt_tokens", "completion_tokens"):
+        for key in TeacherUsage.model_fields:
             setattr(total.teacher, key, getattr(total.teacher, key) + getattr(report.teacher, key))
         total.notes.extend(report.notes)
     return total

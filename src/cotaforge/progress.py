@@ -13,6 +13,8 @@ class ProgressListener(Protocol):
 
     def advance(self, stage: str, rows: int) -> None: ...
 
+    # Optional: `teacher(stage, samples, tokens)`, called for every teacher answer (see `teacher` below).
+
 
 _listener: ProgressListener | None = None
 
@@ -30,3 +32,10 @@ def start(stage: str, total: int | None) -> None:
 def advance(stage: str, rows: int) -> None:
     if _listener is not None and rows:
         _listener.advance(stage, rows)
+
+
+def teacher(stage: str, samples: int = 0, tokens: int = 0) -> None:
+    """A teacher answer arrived: feeds the samples/s and tokens/s shown while a batch is still running."""
+    hook = getattr(_listener, "teacher", None)
+    if hook is not None and (samples or tokens):
+        hook(stage, samples, tokens)

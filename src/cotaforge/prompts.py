@@ -64,3 +64,47 @@ def prompt_fingerprint(stems: list[str]) -> str:
         for path in sorted(prompts_dir().glob(f"{stem}.*")):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+class ChatPrompt:
+    """A versioned Jinja2 chat prompt (`prompts/<stem>.yaml` with `system` and `user` templates)."""
+
+    def __init__(self, stem: str, system: str, user: str, variables: frozenset[str]) -> None:
+        import jinja2
+
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+        self.stem = stem
+        self.variables = variables
+        self._system = env.from_string(system)
+        self._user = env.from_string(user)
+
+    def render(self, **values: Any) -> tuple[str, str]:
+        """(system text, user text); a variable the template names but the caller lacks raises at once."""
+        return self._system.render(**values).strip(), self._user.render(**values).strip()
+
+
+@lru_cache(maxsize=32)
+def load_chat_prompt(stem: str, allowed: frozenset[str]) -> ChatPrompt:
+    """A chat prompt by file stem, e.g. 'cot_llm.v1'; fails at load time on a variable the code does not pass."""
+    import jinja2
+    from jinja2 import meta
+
+    path = prompts_dir() / f"{stem}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"prompt {path} does not exist; pick a file stem from {prompts_dir()}")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or data.get("version") != stem:
+        raise ConfigError(f"{path}: 'version' must be {stem!r} (the file's stem)")
+    if not isinstance(data.get("system"), str) or not isinstance(data.get("user"), str):
+        raise ConfigError(f"{path}: needs 'system' and 'user' Jinja2 templates")
+    env = jinja2.Environment()
+    used: set[str] = set()
+    for key in ("system", "user"):
+        try:
+            used |= meta.find_undeclared_variables(env.parse(data[key]))
+        except jinja2.TemplateSyntaxError as exc:
+            raise ConfigError(f"{path}: {key}: line {exc.lineno}: {exc.message}") from exc
+    unknown = used - set(allowed)
+    if unknown:
+        raise ConfigError(f"{path}: unknown variable(s) {sorted(unknown)}; known: {sorted(allowed)}")
+    return ChatPrompt(stem, data["system"], data["user"], frozenset(used))

@@ -16,11 +16,12 @@ import pyarrow as pa
 from cotaforge import progress
 from cotaforge.config import RunConfig, stable_hash
 from cotaforge.describe import display_label, fact_phrases
-from cotaforge.errors import ConfigError
-from cotaforge.models import StageReport
+from cotaforge.models import Rejection, StageReport, TeacherUsage
 from cotaforge.prompts import load_bank, prompt_fingerprint
 from cotaforge.stages.ingest import load_run_stats, read_clips
 from cotaforge.store import CAPTION_SCHEMA, RunDir, fingerprint
+from cotaforge.teacher.base import CaptionRequest, Teacher, TeacherFailure
+from cotaforge.teacher.build import build_teacher
 
 STAGE = "caption"
 STAGE_VERSION = 1
@@ -50,8 +51,8 @@ def grounding_fields(stats: dict, cfg: RunConfig) -> dict[str, list[str]]:
                 continue
             if any(label_problem(v, cfg) or v.lower().endswith((".wav", ".flac", ".ogg", ".mp3")) for v in values):
                 continue
-            if len(values) == len(stats["classes_by_dataset"].get(dataset, [])):
-                continue  # as many values as classes: most likely the class under another name (digit 7 = seven)
+            if name in stats["class_renames"].get(dataset, []):
+                continue
             keep.append(name)
         chosen[dataset] = keep
     return chosen
@@ -74,27 +75,67 @@ def facts_caption(clip: dict, fields: list[str], seed: int, bank_stem: str) -> s
 def caption_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
     """Caption one batch of clips into `caption/part-<batch>.parquet`; skip it if already done."""
     started = time.perf_counter()
-    if cfg.caption.mode != "facts":
-        raise ConfigError(f"caption.mode={cfg.caption.mode!r} needs an LLM teacher; this installation supports 'facts'")
+    mode = cfg.caption.mode
     stats = load_run_stats(run)
     fields = grounding_fields(stats, cfg)
     upstream = run.part_fingerprint("ingest", batch)
+    teacher = build_teacher(cfg, STAGE) if mode != "facts" else None
     fp = fingerprint(STAGE, STAGE_VERSION, cfg.section_hash("caption"), cfg.run.seed, upstream,
-                     prompt_fingerprint([cfg.caption.prompt]),
-                     stable_hash([fields, stats["duplicate_rows"]]))
+                     prompt_fingerprint([caption_prompt(cfg)]),
+                     stable_hash([fields, stats["duplicate_rows"]]), *([teacher.fingerprint()] if teacher else []))
     if run.part_fingerprint(STAGE, batch) == fp:
         report = run.stored_report(STAGE, batch)
         progress.advance(STAGE, report.rows_in)
         return report
-    clips = read_clips(run, batch, stats).to_pylist()
-    rows = [{"clip_id": clip["clip_id"], "mode": "facts", "prompt_version": cfg.caption.prompt,
-             "text": facts_caption(clip, fields.get(clip["source_dataset"], []), cfg.run.seed, cfg.caption.prompt)}
-            for clip in clips]
+    clips = read_clips(run, batch, stats, with_audio=mode == "audio_llm").to_pylist()
+    if teacher is None:
+        rows = [{"clip_id": clip["clip_id"], "mode": "facts", "prompt_version": cfg.caption.prompt,
+                 "text": facts_caption(clip, fields.get(clip["source_dataset"], []), cfg.run.seed, cfg.caption.prompt)}
+                for clip in clips]
+        rejects: list[Rejection] = []
+    else:
+        rows, rejects = llm_captions(clips, fields, cfg, teacher)
     progress.advance(STAGE, len(clips))
-    report = StageReport(stage=STAGE, rows_in=len(clips), rows_out=len(rows), parts_done=1,
-                         seconds=time.perf_counter() - started)
-    run.write_part(STAGE, batch, pa.Table.from_pylist(rows, schema=CAPTION_SCHEMA), fp, [], report)
+    rejected: dict[str, int] = {}
+    for reject in rejects:
+        rejected[reject.reason] = rejected.get(reject.reason, 0) + 1
+    report = StageReport(stage=STAGE, rows_in=len(clips), rows_out=len(rows), rejected=rejected, parts_done=1,
+                         seconds=time.perf_counter() - started, teacher=teacher.usage if teacher else TeacherUsage())
+    run.write_part(STAGE, batch, pa.Table.from_pylist(rows, schema=CAPTION_SCHEMA), fp, rejects, report)
     return report
+
+
+def caption_prompt(cfg: RunConfig) -> str:
+    """The prompt file stem of the configured caption mode."""
+    c = cfg.caption
+    return {"facts": c.prompt, "text_llm": c.text_prompt, "audio_llm": c.audio_prompt}[c.mode]
+
+
+def llm_captions(clips: list[dict], fields: dict[str, list[str]], cfg: RunConfig,
+                 teacher: Teacher) -> tuple[list[dict], list[Rejection]]:
+    """Captions written by the teacher (text_llm: from class, metadata and facts; audio_llm: hearing the clip).
+
+    The class names go in as hints either way; a clip whose caption fails becomes a reject row.
+    """
+    requests = []
+    for clip in clips:
+        metadata = json.loads(clip["metadata"])
+        requests.append(CaptionRequest(
+            clip_id=clip["clip_id"], labels=[display_label(l) for l in clip["labels"]],
+            metadata={f: metadata[f] for f in fields.get(clip["source_dataset"], []) if metadata.get(f)},
+            facts=clip["facts"], audio_wav=clip.get("audio_wav") if cfg.caption.mode == "audio_llm" else None,
+            seed=cfg.run.seed))
+    rows, rejects = [], []
+    for clip, result in zip(clips, teacher.write_captions(requests)):
+        if isinstance(result, TeacherFailure):
+            rejects.append(Rejection(stage=STAGE, reason=result.reason, reasons=[result.reason], raw=result.raw,
+                                     message=f"{clip['manifest_row']}: {result.message}",
+                                     manifest_row=clip["manifest_row"], source_path=clip["source_path"],
+                                     clip_id=clip["clip_id"]))
+        else:
+            rows.append({"clip_id": clip["clip_id"], "mode": cfg.caption.mode, "prompt_version": caption_prompt(cfg),
+                         "text": result.caption.strip()})
+    return rows, rejects
 
 
 def run_caption(run: RunDir, cfg: RunConfig) -> StageReport:

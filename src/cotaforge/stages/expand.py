@@ -12,6 +12,7 @@ class), comparison (longer/shorter, louder/quieter, higher/lower pitch than the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from cotaforge import progress
-from cotaforge.config import RunConfig, stable_hash
+from cotaforge.config import LLM_PROMPT_STYLE, RunConfig, stable_hash
 from cotaforge.cot import option_letter, render_assistant_text
 from cotaforge.describe import display_label, format_seconds
 from cotaforge.models import SCHEMA_VERSION, Rejection, StageReport, TeacherInfo
@@ -28,8 +29,8 @@ from cotaforge.prompts import load_bank, prompt_fingerprint
 from cotaforge.stages.caption import grounding_fields
 from cotaforge.stages.ingest import load_run_stats, read_clips
 from cotaforge.store import SAMPLE_SCHEMA, RunDir, fingerprint, json_dumps
-from cotaforge.teacher.base import CotRequest, Teacher, TeacherFailure
-from cotaforge.teacher.template import TemplateTeacher
+from cotaforge.teacher.base import CotRequest, QuestionRequest, Teacher, TeacherFailure
+from cotaforge.teacher.build import build_teacher as _build_teacher
 
 STAGE = "expand"
 STAGE_VERSION = 1
@@ -37,8 +38,8 @@ QUESTION_PLACEHOLDERS = frozenset({"candidate", "field", "more", "less", "refere
 
 
 def build_teacher(cfg: RunConfig) -> Teacher:
-    """The configured teacher backend."""
-    return TemplateTeacher(cfg.expand.cot_bank)
+    """The configured teacher backend (template, openai or vllm)."""
+    return _build_teacher(cfg, STAGE)
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,10 @@ def plan_clip(clip: dict, caption: str, cfg: RunConfig, stats: dict, fields: lis
 
     for style_index, style in enumerate(cfg.expand.prompt_styles):
         rng = random.Random(stable_hash([seed, clip["clip_id"], style]))
-        phrase = lambda qtype, kind: rng.choice(bank[qtype][kind][style])  # noqa: E731 - local shorthand
+        if style == LLM_PROMPT_STYLE:  # the teacher writes these questions later (write_llm_questions)
+            phrase = lambda qtype, kind: ""  # noqa: E731 - local shorthand
+        else:
+            phrase = lambda qtype, kind: rng.choice(bank[qtype][kind][style])  # noqa: E731 - local shorthand
         for qtype in cfg.expand.question_types:
             if qtype == "multiple_choice" and pool:
                 n = min(cfg.expand.n_options, len(pool) + 1)
@@ -166,6 +170,47 @@ def plan_clip(clip: dict, caption: str, cfg: RunConfig, stats: dict, fields: lis
     return planned
 
 
+def write_llm_questions(planned: list[Planned], teacher: Teacher) -> tuple[list[Planned], list[tuple[Planned, TeacherFailure]]]:
+    """Questions of the `llm` prompt style, worded by the teacher around each answer fixed in `plan_clip`.
+
+    The teacher writes the question and, for multiple choice, the wrong options; the correct option keeps the
+    letter `plan_clip` chose, so answers stay fixed and letter positions stay balanced. Returns the planned
+    samples that have a question, and the failures (reject rows).
+    """
+    asked = [item for item in planned if item.prompt_style == LLM_PROMPT_STYLE]
+    if not asked:
+        return planned, []
+    requests = []
+    for item in asked:
+        req = item.request
+        avoid = tuple(display_label(l) for l in item.clip["labels"]) if item.target == "class" else ()
+        requests.append(QuestionRequest(
+            sample_id=req.sample_id, question_type=req.question_type, answer_text=item.target_value,
+            caption=req.caption, facts=req.facts, asked_value=req.asked_value, field_name=req.field_name,
+            grounding=req.grounding, n_wrong_options=max(len(req.options) - 1, 0), avoid=avoid, seed=req.seed))
+    failed: list[tuple[Planned, TeacherFailure]] = []
+    for item, draft in zip(asked, teacher.write_questions(requests)):
+        if isinstance(draft, TeacherFailure):
+            failed.append((item, draft))
+            continue
+        req = item.request
+        options: list[str] = []
+        if req.options:
+            correct = ord(req.answer) - ord("A")
+            options = [o.strip() for o in draft.wrong_options]
+            options.insert(correct, req.options[correct])
+        item.request = dataclasses.replace(req, question=draft.question.strip(), options=options)
+    dropped = {id(item) for item, _ in failed}
+    return [item for item in planned if id(item) not in dropped], failed
+
+
+def _teacher_reject(item: Planned, failure: TeacherFailure) -> Rejection:
+    return Rejection(stage=STAGE, reason=failure.reason, reasons=[failure.reason], raw=failure.raw,
+                     message=f"{item.clip['manifest_row']}: {failure.message}",
+                     manifest_row=item.clip["manifest_row"], source_path=item.clip["source_path"],
+                     clip_id=item.clip["clip_id"], sample_id=item.request.sample_id)
+
+
 def _sample_row(item: Planned, stages: dict[str, str], teacher: Teacher) -> dict:
     clip, req = item.clip, item.request
     return {
@@ -203,16 +248,16 @@ def expand_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
     captions = dict(zip(*(run.read_part("caption", batch, ["clip_id", "text"])[c].to_pylist()
                           for c in ("clip_id", "text"))))
     axes = comparisons(stats)
-    planned = [item for clip in clips for item in
+    # A clip whose LLM caption failed has no caption row: it is already a caption reject.
+    planned = [item for clip in clips if clip["clip_id"] in captions for item in
                plan_clip(clip, captions[clip["clip_id"]], cfg, stats, fields.get(clip["source_dataset"], []), axes, bank)]
+    planned, question_failures = write_llm_questions(planned, teacher)
+    rejects = [_teacher_reject(item, failure) for item, failure in question_failures]
     results = teacher.write_cots([item.request for item in planned])
-    rows, rejects = [], []
+    rows = []
     for item, result in zip(planned, results):
         if isinstance(result, TeacherFailure):
-            rejects.append(Rejection(stage=STAGE, reason=result.reason, reasons=[result.reason], raw=result.raw,
-                                     message=f"{item.clip['manifest_row']}: {result.message}",
-                                     manifest_row=item.clip["manifest_row"], source_path=item.clip["source_path"],
-                                     clip_id=item.clip["clip_id"], sample_id=item.request.sample_id))
+            rejects.append(_teacher_reject(item, result))
         else:
             rows.append(_sample_row(item, result.model_dump(), teacher))
     progress.advance(STAGE, len(clips))

@@ -201,14 +201,17 @@ def _median(values: list[float | None]) -> float | None:
 def _run_stats(index: pa.Table, duplicate_rows: list[int]) -> dict:
     classes_by_dataset: dict[str, set[str]] = {}
     metadata_values: dict[str, dict[str, set[str]]] = {}
+    class_pairs: dict[str, dict[str, set[tuple[str, str]]]] = {}  # which values meet which classes
     for dataset, labels, metadata in zip(index["source_dataset"].to_pylist(), index["labels"].to_pylist(),
                                          index["metadata"].to_pylist()):
         classes_by_dataset.setdefault(dataset, set()).update(labels)
         fields = metadata_values.setdefault(dataset, {})
+        pairs = class_pairs.setdefault(dataset, {})
         for key, value in json.loads(metadata).items():
             values = fields.setdefault(key, set())
             if len(values) <= MAX_METADATA_VALUES:
                 values.add(value)
+                pairs.setdefault(key, set()).add((value, labels[0]))
     facts = index["facts"].to_pylist()
     return {
         "clips": index.num_rows,
@@ -216,6 +219,10 @@ def _run_stats(index: pa.Table, duplicate_rows: list[int]) -> dict:
         "classes_by_dataset": {d: sorted(c) for d, c in classes_by_dataset.items()},
         # A field with more than MAX_METADATA_VALUES values is listed with MAX+1 of them: too many to ask about.
         "metadata_values": {d: {k: sorted(v) for k, v in f.items()} for d, f in metadata_values.items()},
+        # A field whose values pair one-to-one with the classes is the class under another name (digit 7 = seven).
+        "class_renames": {d: sorted(k for k, p in f.items()
+                                    if len(p) == len(metadata_values[d][k]) == len({c for _, c in p}))
+                          for d, f in class_pairs.items()},
         "fact_medians": {name: _median([f[name] for f in facts]) for name in
                          ("duration_s", "loudness_dbfs", "f0_median_hz", "spectral_centroid_hz")},
         "duplicate_rows": sorted(duplicate_rows),

@@ -187,16 +187,20 @@ def publish_fingerprint(run: RunDir, cfg: RunConfig, extra: object = None) -> st
 
 def run_publish(run: RunDir, cfg: RunConfig) -> StageReport:
     """Write the dataset version (skipped when the same inputs already made it); push it if configured."""
+    from cotaforge.review.decisions import decisions_fingerprint, load_decisions
+
     started = time.perf_counter()
     target = dataset_dir(cfg)
-    fp = publish_fingerprint(run, cfg)
+    decisions = load_decisions(run, cfg)
+    # A new review decision republishes; without any the fingerprint is what it was before review existed.
+    fp = publish_fingerprint(run, cfg, decisions_fingerprint(decisions) if decisions else None)
     manifest_file = target / "manifest.json"
     if manifest_file.exists() and json.loads(manifest_file.read_text(encoding="utf-8")).get("fingerprint") == fp:
         manifest = ShardManifest.model_validate_json(manifest_file.read_text(encoding="utf-8"))
         report = StageReport(stage=STAGE, rows_in=sum(manifest.rows.values()), rows_out=sum(manifest.rows.values()),
                              parts_skipped=1, notes=[f"dataset unchanged at {target}"])
     else:
-        report = _write_dataset(run, cfg, target, fp, started)
+        report = _write_dataset(run, cfg, target, fp, started, decisions)
     if cfg.publish.push_to_hub:
         push_to_hub(target, cfg.publish.push_to_hub, cfg.publish.private)
         report.notes.append(f"pushed to the Hub as {cfg.publish.push_to_hub}")
@@ -212,16 +216,24 @@ def _group_counts(run: RunDir) -> dict[str, dict[str, int]]:
     return {d: dict(c) for d, c in groups.items()}
 
 
-def _write_dataset(run: RunDir, cfg: RunConfig, target: Path, fp: str, started: float) -> StageReport:
+def _write_dataset(run: RunDir, cfg: RunConfig, target: Path, fp: str, started: float,
+                   decisions: dict | None = None) -> StageReport:
+    """Write the version; `decisions` (sample id -> review outcome) drop rejected rows and apply edits."""
+    from cotaforge.review.decisions import apply_decisions
+
     split_of = assign_splits(_group_counts(run), cfg.publish.splits, cfg.run.seed)
     work = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     (work / "data").mkdir(parents=True)
     metadata = {b"huggingface": json.dumps({"info": {"features": hf_features()}}).encode()}
     writers = {s: _SplitWriter(work / "data", s, cfg.publish.shard_rows, metadata) for s in cfg.publish.splits}
     stats = _Stats()
+    review_rejected = 0
     try:
         for batch in range(run.batch_count()):
             table = run.read_part("balance", batch)
+            if decisions:
+                table, dropped = apply_decisions(table, decisions)
+                review_rejected += dropped
             if table.num_rows == 0:
                 continue
             ingest = run.read_part("ingest", batch, ["clip_id", "audio_wav"])
@@ -248,7 +260,9 @@ def _write_dataset(run: RunDir, cfg: RunConfig, target: Path, fp: str, started: 
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
     total = sum(stats.rows.values())
-    return StageReport(stage=STAGE, rows_in=total, rows_out=total, parts_done=1, seconds=time.perf_counter() - started,
+    return StageReport(stage=STAGE, rows_in=total + review_rejected, rows_out=total, parts_done=1,
+                       rejected={"review_rejected": review_rejected} if review_rejected else {},
+                       seconds=time.perf_counter() - started,
                        notes=[f"dataset at {target}: " + ", ".join(f"{s} {stats.rows.get(s, 0)}" for s in cfg.publish.splits)])
 
 

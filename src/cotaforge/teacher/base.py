@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 
 from cotaforge.config import stable_hash
+from cotaforge.errors import ConfigError
 from cotaforge.models import TeacherUsage
 from cotaforge.prompts import prompt_fingerprint
 
@@ -48,6 +49,72 @@ class CotStages(BaseModel):
 
 
 @dataclass(frozen=True)
+class CaptionRequest:
+    """One clip to caption: its class names as hints, grounding metadata, facts, and its audio for audio_llm."""
+
+    clip_id: str
+    labels: list[str]
+    metadata: dict[str, str]
+    facts: dict
+    audio_wav: bytes | None = None  # 16 kHz mono PCM16 WAV; set in mode audio_llm
+    seed: int = 0
+
+
+class CaptionText(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    caption: str = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class QuestionRequest:
+    """A question for the teacher to write (prompt style `llm`) around an answer cotaforge has fixed."""
+
+    sample_id: str
+    question_type: str
+    answer_text: str  # the correct value in plain words: the class, a metadata value, or more/less word
+    caption: str
+    facts: dict
+    asked_value: str = ""  # yes_no: the candidate the question must propose
+    field_name: str = ""  # metadata questions: the field asked about
+    grounding: dict = field(default_factory=dict)  # comparison: quantity, reference, more, less
+    n_wrong_options: int = 0  # multiple_choice: how many wrong options to write
+    avoid: tuple[str, ...] = ()  # values no wrong option may equal (the clip's other true classes)
+    seed: int = 0
+
+
+class QuestionDraft(BaseModel):
+    """The teacher's question; for multiple choice also the wrong options (cotaforge places the right one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1)
+    wrong_options: list[str] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    """A validated sample for the judge: does its reasoning support its fixed answer?"""
+
+    sample_id: str
+    question: str  # with its options, as the user turn shows them
+    answer: str
+    caption: str
+    reasoning: str
+    summary: str
+    response: str
+    seed: int = 0
+
+
+class JudgeVerdict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    supports_answer: bool
+    score: int = Field(ge=1, le=5, description="1: the reasoning contradicts the answer; 5: it fully supports it")
+    explanation: str = Field(min_length=1)
+
+
+@dataclass(frozen=True)
 class TeacherFailure:
     """A request the teacher could not answer well enough; it becomes a reject row with the raw output."""
 
@@ -77,3 +144,13 @@ class Teacher(ABC):
 
     @abstractmethod
     def write_cots(self, requests: list[CotRequest]) -> list[CotStages | TeacherFailure]: ...
+
+    def write_captions(self, requests: list[CaptionRequest]) -> list[CaptionText | TeacherFailure]:
+        raise ConfigError(f"the {self.backend} teacher cannot caption; use caption.mode facts or an LLM teacher")
+
+    def write_questions(self, requests: list[QuestionRequest]) -> list[QuestionDraft | TeacherFailure]:
+        raise ConfigError(f"the {self.backend} teacher cannot write questions; drop the 'llm' prompt style "
+                          "or use an LLM teacher")
+
+    def judge(self, requests: list[JudgeRequest]) -> list[JudgeVerdict | TeacherFailure]:
+        raise ConfigError(f"the {self.backend} teacher cannot judge; set validate.judge false or use an LLM teacher")

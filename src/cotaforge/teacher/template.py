@@ -13,7 +13,7 @@ from cotaforge.prompts import load_bank
 from cotaforge.teacher.base import CotRequest, CotStages, Teacher, TeacherFailure
 
 COT_PLACEHOLDERS = frozenset({
-    "duration", "duration_cap", "duration_word", "loudness", "loudness_word", "peak", "centroid",
+    "duration", "duration_adj", "duration_cap", "duration_word", "loudness", "loudness_word", "peak", "centroid",
     "brightness_word", "pitch_phrase", "texture_phrase", "onsets_phrase", "answer_text", "answer_text_cap",
     "candidate", "letter", "options_list", "others", "n_options", "more", "less", "reference", "measured",
     "field", "quantity",

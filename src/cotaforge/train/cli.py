@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import typer
@@ -33,7 +34,8 @@ def finetune(
         cfg = load_finetune_config(config, set_)
         result = run_finetune(cfg, stop_at_step=stop_at_step)
         typer.echo(f"trained {result.steps} steps in {result.seconds:.0f} s; run folder {result.run_dir}")
-        if evaluate and result.final_dir is not None:
+        # Evaluation runs in one process: under a multi-GPU launcher the other ranks are done here.
+        if evaluate and result.final_dir is not None and os.environ.get("RANK", "0") == "0":
             typer.echo(evaluate_run(cfg).to_markdown())
     except ValueError as exc:
         raise _fail(exc) from exc

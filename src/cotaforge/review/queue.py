@@ -1,0 +1,92 @@
+"""The review queue: the next sample for an annotator, stratified across (class, prompt style, question type).
+
+Each sample needs one annotator, or two for the configured double-annotation fraction. The next sample
+comes from the cell with the fewest samples served so far (so every cell is reviewed at the same pace),
+preferring a sample that already has one annotator and needs its second (so agreement data accrues
+early), then the sample's seeded rank. Taking it is a claim in the database, atomic across annotators; a
+claim left undecided for `review.claim_minutes` is freed for others.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from cotaforge.review.db import ReviewStore, now_iso
+from cotaforge.review.samples import Entry, RunSamples
+
+_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    """Restricts the queue; an empty value means any. `flag` is a validator flag, 'any_flag' or 'no_flag'."""
+
+    class_label: str = ""
+    prompt_style: str = ""
+    question_type: str = ""
+    flag: str = ""
+
+    def matches(self, entry: Entry) -> bool:
+        if self.class_label and entry.class_label != self.class_label:
+            return False
+        if self.prompt_style and entry.prompt_style != self.prompt_style:
+            return False
+        if self.question_type and entry.question_type != self.question_type:
+            return False
+        if self.flag == "any_flag":
+            return bool(entry.flags)
+        if self.flag == "no_flag":
+            return not entry.flags
+        return not self.flag or self.flag in entry.flags
+
+    def as_query(self) -> dict[str, str]:
+        values = {"class": self.class_label, "style": self.prompt_style, "type": self.question_type,
+                  "flag": self.flag}
+        return {k: v for k, v in values.items() if v}
+
+
+def choose_next(samples: RunSamples, taken: Counter, mine: set[str], served_per_cell: Counter,
+                queue_filter: QueueFilter) -> Entry | None:
+    """The sample to serve next, from counts alone (no database access): see the module docstring."""
+    best: dict[tuple[str, str, str], Entry] = {}
+    for entry in samples.entries:
+        if entry.sample_id in mine or taken[entry.sample_id] >= samples.target(entry) or not queue_filter.matches(entry):
+            continue
+        current = best.get(entry.cell)
+        if current is None or (-taken[entry.sample_id], entry.rank) < (-taken[current.sample_id], current.rank):
+            best[entry.cell] = entry
+    if not best:
+        return None
+    cell = min(best, key=lambda c: (served_per_cell[c], c))
+    return best[cell]
+
+
+def next_sample(samples: RunSamples, store: ReviewStore, annotator_id: int,
+                queue_filter: QueueFilter = QueueFilter()) -> str | None:
+    """Claim and return the next sample id for the annotator, or None when the queue is empty."""
+    stale_before = now_iso(-60.0 * samples.cfg.review.claim_minutes)
+    taken: Counter = Counter()
+    served_per_cell: Counter = Counter()
+    mine: set[str] = set()
+    resume: list[Entry] = []
+    for claim in store.claims():
+        entry = samples.by_id.get(claim.sample_id)
+        if entry is None or (not claim.done and claim.claimed_at < stale_before):
+            continue
+        taken[claim.sample_id] += 1
+        served_per_cell[entry.cell] += 1
+        if claim.annotator_id == annotator_id:
+            mine.add(claim.sample_id)
+            if not claim.done and queue_filter.matches(entry):
+                resume.append(entry)
+    if resume:  # a sample served before and not yet decided comes back first
+        return min(resume, key=lambda e: e.rank).sample_id
+    for _ in range(_ATTEMPTS):
+        entry = choose_next(samples, taken, mine, served_per_cell, queue_filter)
+        if entry is None:
+            return None
+        if store.try_claim(entry.sample_id, annotator_id, samples.target(entry), stale_before):
+            return entry.sample_id
+        taken[entry.sample_id] = samples.target(entry)  # another annotator took the last slot meanwhile
+    return None

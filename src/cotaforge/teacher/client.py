@@ -1,0 +1,358 @@
+"""The client side of an OpenAI-compatible teacher (vLLM, llama.cpp): endpoints, limits, retries and the cache.
+
+One `ChatClient` per process and configuration, shared by every batch a flow runs at once: its requests
+run on one background event loop, so the per-endpoint concurrency limit and the requests/min and
+tokens/min limits hold for the whole run, not per batch. A request goes to the endpoint with the most
+free capacity; an endpoint that refuses connections rests for a while and its requests go elsewhere, and
+a retry after a timeout or a 5xx avoids the endpoint that failed, so one slow or dead server does not stall
+the run. Retries: 429 (after its Retry-After), 5xx, timeouts and connection errors, with exponential
+backoff and jitter, at most `teacher.retries` times. The library's own retries are off: these are the real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import threading
+import time
+from collections.abc import Awaitable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cotaforge.config import RunConfig
+from cotaforge.errors import CotaforgeError
+from cotaforge.teacher.cache import CachedAnswer, ResponseCache, request_key
+
+T = TypeVar("T")
+AUDIO_PART_TOKENS = 750  # what a 30 s clip costs an audio model (Qwen2-Audio: 25 tokens/s), for the tokens/min limit
+ENDPOINT_REST_MAX_S = 30.0
+
+
+class TeacherUnavailable(CotaforgeError):
+    """No endpoint answered after every retry: the run cannot go on."""
+
+
+@dataclass(frozen=True)
+class ChatAnswer:
+    """One answered request; `sends` counts the HTTP requests it took (0 when replayed from the cache)."""
+
+    content: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached: bool
+    sends: int
+
+
+class TransportFailure(Exception):
+    """A request that got no usable HTTP answer after its retries; it becomes a reject row."""
+
+    def __init__(self, reason: str, message: str, raw: str = "", sends: int = 0) -> None:
+        super().__init__(message)
+        self.reason, self.message, self.raw, self.sends = reason, message, raw, sends
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    base_urls: tuple[str, ...]
+    api_key_env: str
+    concurrency_per_endpoint: int
+    requests_per_min: float | None
+    tokens_per_min: float | None
+    timeout_s: float
+    connect_timeout_s: float
+    retries: int
+    backoff_s: float
+    backoff_max_s: float
+    cache_path: Path | None
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> "ClientSettings":
+        t = cfg.teacher
+        return cls(tuple(t.base_urls), t.api_key_env, t.concurrency_per_endpoint, t.requests_per_min,
+                   t.tokens_per_min, t.timeout_s, t.connect_timeout_s, t.retries, t.backoff_s, t.backoff_max_s,
+                   (cfg.teacher_cache_dir / "responses.sqlite").resolve() if t.cache else None)
+
+
+def backoff_delay_s(retry: int, base_s: float, max_s: float, retry_after_s: float | None = None,
+                    rng: random.Random | None = None) -> float:
+    """Seconds to wait before retry number `retry` (0-based): the server's Retry-After when it gave one,
+    else exponential backoff with jitter in [half, full], so many clients do not retry in lockstep."""
+    rng = rng or random
+    if retry_after_s is not None and retry_after_s >= 0:
+        return min(retry_after_s, max(max_s, retry_after_s)) + rng.uniform(0, 0.1 * base_s)
+    ceiling = min(max_s, base_s * 2 ** retry)
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+def retry_after_s(headers: Any) -> float | None:
+    """Retry-After in seconds (the delta form; vLLM and proxies send that), None when absent or unreadable."""
+    value = headers.get("retry-after") if headers is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def estimate_tokens(body: dict[str, Any]) -> int:
+    """Prompt tokens (about 4 characters each) plus the completion budget, for the tokens/min limit."""
+    chars, audio_parts = 0, 0
+    for message in body.get("messages", []):
+        content = message.get("content")
+        parts = content if isinstance(content, list) else [{"type": "text", "text": content or ""}]
+        for part in parts:
+            if part.get("type") == "input_audio":
+                audio_parts += 1
+            else:
+                chars += len(part.get("text", ""))
+    return chars // 4 + audio_parts * AUDIO_PART_TOKENS + int(body.get("max_tokens") or 0)
+
+
+class RateLimiter:
+    """A token bucket refilled continuously at `per_min / 60` per second; callers wait in arrival order."""
+
+    def __init__(self, per_min: float) -> None:
+        self.capacity = per_min
+        self.rate_per_s = per_min / 60.0
+        self.level = per_min
+        self.updated = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate_per_s)
+        self.updated = now
+
+    async def acquire(self, amount: float) -> None:
+        amount = min(amount, self.capacity)  # a request larger than a minute's budget waits for a full bucket
+        async with self._lock:
+            self._refill()
+            while self.level < amount:
+                await asyncio.sleep((amount - self.level) / self.rate_per_s)
+                self._refill()
+            self.level -= amount
+
+    def refund(self, amount: float) -> None:
+        """Give back an over-estimate (or charge an under-estimate, when negative) once the real count is known."""
+        self._refill()
+        self.level = min(self.capacity, self.level + amount)
+
+
+class Endpoint:
+    def __init__(self, url: str, client: Any, limit: int) -> None:
+        self.url, self.client, self.limit = url, client, limit
+        self.in_flight = 0
+        self.rest_until = 0.0  # monotonic time before which no request is sent here
+        self.strikes = 0  # consecutive connection failures; the rest doubles with each
+        self.latency_s = 0.0  # moving average of answered requests
+
+
+class EndpointPool:
+    """Hands out endpoints with free capacity; waits when all are full or resting."""
+
+    def __init__(self, endpoints: list[Endpoint]) -> None:
+        self.endpoints = endpoints
+        self._changed = asyncio.Condition()
+
+    async def acquire(self, avoid: Endpoint | None = None) -> Endpoint:
+        async with self._changed:
+            while True:
+                now = time.monotonic()
+                ready = [e for e in self.endpoints if e.in_flight < e.limit and e.rest_until <= now]
+                if avoid is not None and len(ready) > 1:
+                    ready = [e for e in ready if e is not avoid] or ready
+                if ready:
+                    chosen = min(ready, key=lambda e: (e.in_flight / e.limit, e.latency_s))
+                    chosen.in_flight += 1
+                    return chosen
+                resting = [e.rest_until - now for e in self.endpoints if e.rest_until > now]
+                try:
+                    await asyncio.wait_for(self._changed.wait(), timeout=min(resting) if resting else None)
+                except TimeoutError:
+                    pass
+
+    async def release(self, endpoint: Endpoint, latency_s: float | None = None, reachable: bool = True) -> None:
+        async with self._changed:
+            endpoint.in_flight -= 1
+            if latency_s is not None:
+                endpoint.latency_s = latency_s if endpoint.latency_s == 0 else 0.8 * endpoint.latency_s + 0.2 * latency_s
+            if reachable:
+                endpoint.strikes = 0
+            else:
+                endpoint.strikes += 1
+                endpoint.rest_until = time.monotonic() + min(ENDPOINT_REST_MAX_S, 0.5 * 2 ** endpoint.strikes)
+            self._changed.notify_all()
+
+
+class ChatClient:
+    """Sends chat requests to the endpoints with limits, retries and the response cache."""
+
+    def __init__(self, settings: ClientSettings) -> None:
+        import httpx
+        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+
+        if not settings.base_urls:
+            raise CotaforgeError("the openai teacher needs at least one base URL (--base-url or teacher.base_urls)")
+        self.settings = settings
+        api_key = os.environ.get(settings.api_key_env) or "EMPTY"  # vLLM and llama.cpp need none by default
+        timeout = httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s)
+        limits = httpx.Limits(max_connections=settings.concurrency_per_endpoint + 8,
+                              max_keepalive_connections=settings.concurrency_per_endpoint + 8)
+        self.pool = EndpointPool([
+            Endpoint(url, AsyncOpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=timeout,
+                                      http_client=DefaultAsyncHttpxClient(timeout=timeout, limits=limits)),
+                     settings.concurrency_per_endpoint)
+            for url in settings.base_urls])
+        self.rpm = RateLimiter(settings.requests_per_min) if settings.requests_per_min else None
+        self.tpm = RateLimiter(settings.tokens_per_min) if settings.tokens_per_min else None
+        self.cache = ResponseCache(settings.cache_path) if settings.cache_path else None
+
+    async def fetch(self, body: dict[str, Any], prompt_version: str, task: str = "") -> ChatAnswer:
+        """The answer to one request body: from the cache, else from an endpoint (then cached at once).
+
+        Raises TransportFailure when retries run out on 429/5xx/timeouts or on a 4xx the request itself
+        caused, and TeacherUnavailable when no endpoint could be reached at all.
+        """
+        import openai
+
+        key = request_key(body, prompt_version)
+        if self.cache is not None:
+            cached = self.cache.get(key)
+            if cached is not None:
+                return ChatAnswer(cached.content, cached.finish_reason, cached.prompt_tokens,
+                                  cached.completion_tokens, cached=True, sends=0)
+        s = self.settings
+        estimate = estimate_tokens(body)
+        endpoint: Endpoint | None = None
+        sends = 0
+        for retry in range(s.retries + 1):
+            if self.rpm:
+                await self.rpm.acquire(1)
+            if self.tpm:
+                await self.tpm.acquire(estimate)
+            endpoint = await self.pool.acquire(avoid=endpoint)
+            started = time.monotonic()
+            reachable, answered = True, False
+            wait_s: float | None = None
+            sends += 1
+            try:
+                completion = await endpoint.client.chat.completions.create(**body)
+                answered = True
+            except openai.RateLimitError as exc:
+                failure = TransportFailure("teacher_rate_limited", f"{endpoint.url}: 429 {_short(exc)}", _body(exc))
+                wait_s = retry_after_s(exc.response.headers)
+            except openai.APITimeoutError:
+                failure = TransportFailure("teacher_timeout", f"{endpoint.url}: no answer within {s.timeout_s:g} s")
+            except openai.APIConnectionError as exc:
+                reachable = False
+                failure = TransportFailure("teacher_unreachable", f"{endpoint.url}: {exc.__cause__ or exc}")
+            except openai.APIStatusError as exc:
+                failure = TransportFailure("teacher_server_error" if exc.status_code >= 500 else "teacher_bad_request",
+                                           f"{endpoint.url}: HTTP {exc.status_code} {_short(exc)}", _body(exc))
+                if exc.status_code in (401, 403, 404):
+                    await self.pool.release(endpoint)
+                    raise TeacherUnavailable(
+                        f"{endpoint.url} answered HTTP {exc.status_code} ({_short(exc)}): check teacher.model "
+                        f"(the served model's name) and the API key in ${s.api_key_env}") from None
+                if exc.status_code < 500 and exc.status_code not in (408, 409):
+                    await self.pool.release(endpoint)
+                    failure.sends = sends
+                    raise failure from None  # the request itself is at fault: resending it cannot help
+            latency_s = time.monotonic() - started
+            await self.pool.release(endpoint, latency_s if answered else None, reachable)
+            if answered:
+                choice = completion.choices[0] if completion.choices else None
+                usage = completion.usage
+                answer = CachedAnswer(
+                    content=(choice.message.content or "") if choice else "",
+                    finish_reason=(choice.finish_reason or "") if choice else "",
+                    prompt_tokens=usage.prompt_tokens if usage else 0,
+                    completion_tokens=usage.completion_tokens if usage else 0)
+                if self.tpm:
+                    self.tpm.refund(estimate - answer.prompt_tokens - answer.completion_tokens)
+                if self.cache is not None:
+                    self.cache.put(key, answer, task)  # before anyone sees it: a crash after this loses nothing
+                return ChatAnswer(answer.content, answer.finish_reason, answer.prompt_tokens,
+                                  answer.completion_tokens, cached=False, sends=sends)
+            if retry < s.retries:
+                await asyncio.sleep(backoff_delay_s(retry, s.backoff_s, s.backoff_max_s, wait_s))
+        if failure.reason == "teacher_unreachable":
+            urls = ", ".join(s.base_urls)
+            raise TeacherUnavailable(f"no teacher endpoint answered after {sends} attempts ({urls}); last error: "
+                                     f"{failure.message}. Start the server (`cotaforge teacher serve`) or fix --base-url")
+        failure.sends = sends
+        failure.message = f"{failure.message} (after {sends} attempts)"
+        raise failure
+
+    def run(self, coroutines: list[Awaitable[T]]) -> list[T]:
+        """Run coroutines on the shared loop and wait for all; the first TeacherUnavailable cancels the rest."""
+        if not coroutines:
+            return []
+        return _loop().submit(_gather_or_cancel(coroutines)).result()
+
+
+def _short(exc: Exception) -> str:
+    return str(getattr(exc, "message", exc))[:300]
+
+
+def _body(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    try:
+        return response.text[:4000] if response is not None else ""
+    except Exception:  # noqa: BLE001 - a body that cannot be read is simply not kept
+        return ""
+
+
+async def _gather_or_cancel(coroutines: list[Awaitable[T]]) -> list[T]:
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+class _LoopThread:
+    """One event loop in a daemon thread: every batch's requests share its clients, pools and limits."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="cotaforge-teacher", daemon=True)
+        self.thread.start()
+
+    def submit(self, coroutine: Awaitable[T]) -> Future:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)  # type: ignore[arg-type]
+
+
+_LOOP: _LoopThread | None = None
+_CLIENTS: dict[ClientSettings, ChatClient] = {}
+_LOCK = threading.Lock()
+
+
+def _loop() -> _LoopThread:
+    global _LOOP
+    with _LOCK:
+        if _LOOP is None:
+            _LOOP = _LoopThread()
+        return _LOOP
+
+
+def shared_client(settings: ClientSettings) -> ChatClient:
+    """The process's client for these settings (created once, so limits and connections are shared)."""
+    with _LOCK:
+        if settings not in _CLIENTS:
+            _CLIENTS[settings] = ChatClient(settings)
+        return _CLIENTS[settings]
+
+
+def request_body(model: str, messages: list[dict[str, Any]], max_tokens: int, temperature: float, seed: int,
+                 response_format: dict[str, Any] | None) -> dict[str, Any]:
+    """The JSON body of a chat request, as sent and as hashed for the cache."""
+    body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens,
+                            "temperature": temperature, "seed": seed}
+    if response_format is not None:
+        body["response_format"] = response_format
+    return body
