@@ -42,6 +42,10 @@ WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="batches pr
 VersionOpt = Annotated[Optional[str], typer.Option("--version", help="dataset version to publish")]
 PushOpt = Annotated[Optional[str], typer.Option("--push-to-hub", help="also upload the dataset to this Hub repo")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")]
+TeacherOpt = Annotated[Optional[str], typer.Option("--teacher", help="teacher backend: template, openai or vllm")]
+BaseUrlOpt = Annotated[Optional[list[str]], typer.Option(
+    "--base-url", help="OpenAI-compatible endpoint, e.g. http://gpu1:8000/v1; repeatable (requests spread across them)")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="teacher model, as the server names it")]
 
 
 def _prepare_prefect(verbose: bool) -> None:
@@ -49,6 +53,9 @@ def _prepare_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # Batches already run in parallel; numeric libraries spinning up threads of their own only contend.
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
     # Flows live in the source checkout's flows/ package beside src/ (installed with the wheel too).
     root = Path(__file__).resolve().parents[2]
     if (root / "flows").is_dir() and str(root) not in sys.path:
@@ -58,13 +65,15 @@ def _prepare_prefect(verbose: bool) -> None:
 def _build_config(config: Path | None, manifest: list[Path] | None, out: Path | None, name: str | None,
                   group_by: str | None, overrides: list[str] | None, seed: int | None = None,
                   batch_size: int | None = None, workers: int | None = None, version: str | None = None,
-                  push_to_hub: str | None = None) -> RunConfig:
+                  push_to_hub: str | None = None, teacher: str | None = None, base_url: list[str] | None = None,
+                  model: str | None = None) -> RunConfig:
     if config is None and not manifest:
         raise CotaforgeError("give a config file or at least one --manifest (see `cotaforge run --help`)")
     cfg = load_config(config, overrides, inputs__manifests=[m.resolve() for m in manifest or []],
                       run__out_dir=out, run__name=name, inputs__group_by=group_by, run__seed=seed,
                       run__batch_size=batch_size, run__workers=workers, publish__version=version,
-                      publish__push_to_hub=push_to_hub)
+                      publish__push_to_hub=push_to_hub, teacher__backend=teacher, teacher__base_urls=base_url,
+                      teacher__model=model)
     if not cfg.inputs.manifests:
         raise CotaforgeError("the config lists no inputs.manifests; add one or pass --manifest")
     return cfg
@@ -76,9 +85,22 @@ class _Bars:
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.tasks: dict[str, int] = {}
+        self.teacher_counts: dict[str, list[float]] = {}  # stage -> [first answer time, samples, tokens]
 
     def start(self, stage: str, total: int | None) -> None:
-        self.tasks[stage] = self.progress.add_task(stage, total=total)
+        self.tasks[stage] = self.progress.add_task(stage, total=total, rate="")
+
+    def teacher(self, stage: str, samples: int, tokens: int) -> None:
+        """Teacher answers as they arrive: samples/s and completion tokens/s since the stage's first answer."""
+        import time
+
+        counts = self.teacher_counts.setdefault(stage, [time.monotonic(), 0, 0])
+        counts[1] += samples
+        counts[2] += tokens
+        elapsed_s = max(time.monotonic() - counts[0], 1e-6)
+        if stage in self.tasks:
+            self.progress.update(self.tasks[stage],
+                                 rate=f"{counts[1] / elapsed_s:.1f} samples/s {counts[2] / elapsed_s:.0f} tok/s")
 
     def advance(self, stage: str, rows: int) -> None:
         if stage in self.tasks:
@@ -89,7 +111,7 @@ def _run_with_progress(function, *args):
     from cotaforge import progress as progress_hook
 
     columns = [TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn()]
+               TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[rate]}")]
     with Progress(*columns, console=console, transient=False) as bars:
         progress_hook.set_listener(_Bars(bars))
         try:
@@ -127,10 +149,12 @@ def _fail(exc: Exception) -> None:
 def run(config: ConfigArg = None, manifest: ManifestOpt = None, out: OutOpt = None, name: NameOpt = None,
         group_by: GroupOpt = None, set_: SetOpt = None, seed: SeedOpt = None, batch_size: BatchOpt = None,
         workers: WorkersOpt = None, version: VersionOpt = None, push_to_hub: PushOpt = None,
+        teacher: TeacherOpt = None, base_url: BaseUrlOpt = None, model: ModelOpt = None,
         verbose: VerboseOpt = False) -> None:
     """Run the whole pipeline: ingest, caption, expand, validate, balance, publish."""
     try:
-        cfg = _build_config(config, manifest, out, name, group_by, set_, seed, batch_size, workers, version, push_to_hub)
+        cfg = _build_config(config, manifest, out, name, group_by, set_, seed, batch_size, workers, version, push_to_hub,
+                            teacher, base_url, model)
         _prepare_prefect(verbose)
         from cotaforge.stages.publish import dataset_dir
         from flows.pipeline import pipeline_flow
@@ -145,10 +169,11 @@ def _stage_command(stage: str, flow_module: str, flow_name: str, doc: str):
     def command(config: ConfigArg = None, manifest: ManifestOpt = None, out: OutOpt = None, name: NameOpt = None,
                 group_by: GroupOpt = None, set_: SetOpt = None, seed: SeedOpt = None, batch_size: BatchOpt = None,
                 workers: WorkersOpt = None, version: VersionOpt = None, push_to_hub: PushOpt = None,
+                teacher: TeacherOpt = None, base_url: BaseUrlOpt = None, model: ModelOpt = None,
                 verbose: VerboseOpt = False) -> None:
         try:
             cfg = _build_config(config, manifest, out, name, group_by, set_, seed, batch_size, workers, version,
-                                push_to_hub)
+                                push_to_hub, teacher, base_url, model)
             _prepare_prefect(verbose)
             import importlib
 
@@ -264,6 +289,8 @@ def review_serve(run_dir: RunArg, host: Annotated[str, typer.Option(help="addres
     except (CotaforgeError, FileNotFoundError) as exc:
         _fail(exc)
     console.print(f"review app for {run_dir} at http://{host}:{port}/ (Ctrl+C stops it)")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console.print("warning: reachable from other machines over plain HTTP; put a TLS proxy in front")
     uvicorn.run(review, host=host, port=port, log_level="info", server_header=False)
 
 
@@ -317,6 +344,50 @@ def review_import_labelstudio(run_dir: RunArg,
         console.print(f"skipped: {problem}", markup=False)
     if report.problems:
         raise typer.Exit(code=1)
+
+
+teacher_app = typer.Typer(no_args_is_help=True, help="Teacher LLM servers.")
+app.add_typer(teacher_app, name="teacher")
+
+
+@teacher_app.command("serve")
+def teacher_serve(
+        vllm: Annotated[Optional[str], typer.Option("--vllm", help="serve this model with vLLM (GPU host), e.g. Qwen/Qwen2.5-7B-Instruct")] = None,
+        local: Annotated[bool, typer.Option("--local", help="serve the small Gemma 3 270M GGUF with llama.cpp on the CPU")] = False,
+        host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 to serve other machines)")] = "127.0.0.1",
+        port: Annotated[Optional[int], typer.Option(help="port (default 8000 for vLLM, 8080 for --local)")] = None,
+        max_num_seqs: Annotated[int, typer.Option(help="vLLM: sequences decoded at once")] = 256,
+        audio_per_prompt: Annotated[int, typer.Option(help="vLLM: audio clips per request (0 for text-only models)")] = 1,
+        structured_backend: Annotated[str, typer.Option(help="vLLM: structured-output backend")] = "xgrammar",
+        extra: Annotated[Optional[list[str]], typer.Option("--extra", help="one more `vllm serve` argument; repeatable")] = None,
+        model_dir: Annotated[Path, typer.Option(help="--local: where the GGUF is assembled")] = Path("output/cache/models"),
+        ready_timeout_s: Annotated[float, typer.Option(help="how long to wait for the server to answer")] = 1800.0) -> None:
+    """Start a teacher server, wait until it answers, print how to point a run at it, and keep it running."""
+    from cotaforge.teacher import serve
+
+    if bool(vllm) == local:
+        _fail(CotaforgeError("give exactly one of --vllm MODEL or --local"))
+    try:
+        if vllm:
+            port = port or 8000
+            command = serve.vllm_command(vllm, host, port, max_num_seqs, audio_per_prompt, structured_backend, extra)
+            model, mode = vllm, "json_schema"
+        else:
+            port = port or 8080
+            command = serve.llama_cpp_command(serve.local_model_path(model_dir), host, port)
+            model, mode = serve.LOCAL_MODEL_NAME, "json_object"
+        url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/v1"
+        console.print(f"starting: {' '.join(command)}")
+        process = serve.start_server(command, url, timeout_s=ready_timeout_s)
+    except CotaforgeError as exc:
+        _fail(exc)
+    console.print(f"[bold green]teacher ready[/] at {url}\n  cotaforge run CONFIG.yaml --teacher openai --base-url {url} "
+                  f"--model {model} --set teacher.structured_output={mode}")
+    try:
+        process.wait()
+    except KeyboardInterrupt:
+        process.terminate()
+        process.wait(timeout=60)
 
 
 def main() -> None:

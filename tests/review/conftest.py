@@ -36,6 +36,15 @@ def sign_in(client, token: str) -> str:
     return form_value(client.get("/").text, "csrf_token")
 
 
+def open_next(client, csrf: str) -> tuple[str, str]:
+    """Ask the queue for a sample; return its id and its page."""
+    response = client.post("/next", data={"csrf_token": csrf}, follow_redirects=False)
+    if response.status_code != 303 or not response.headers["location"].startswith("/samples/"):
+        raise ValueError(f"the queue answered {response.status_code} {response.headers.get('location')}")
+    page = client.get(response.headers["location"])
+    return response.headers["location"].split("/")[-1].split("?")[0], page.text
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     from .postgres import postgres_server

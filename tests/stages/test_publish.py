@@ -123,3 +123,18 @@ def test_republish_is_skipped_and_atomic(built):
     report = run_publish(run, cfg)
     assert report.parts_skipped == 1 and (folder / "manifest.json").read_text() == before
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_column_wise_messages_match_render_user_text():
+    import pyarrow as pa
+
+    from cotaforge.cot import render_user_text
+    from cotaforge.stages.publish import _messages
+
+    table = pa.table({"question": ["Which?", "What is it?", "Is it?"],
+                      "options": pa.array([["kick", "snare"], [], ["a", "b", "c", "d"]], pa.list_(pa.string())),
+                      "assistant_text": ["<THINK>1", "<THINK>2", "<THINK>3"]})
+    messages = _messages(table).to_pylist()
+    for row, (question, options, text) in zip(messages, zip(*(table[c].to_pylist() for c in table.column_names))):
+        assert [m["role"] for m in row] == ["system", "user", "assistant"]
+        assert row[1]["content"] == render_user_text(question, options) and row[2]["content"] == text

@@ -8,7 +8,6 @@ revision, and each annotator's action. Samples nobody reviewed are published as 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -96,10 +95,3 @@ def apply_decisions(table: pa.Table, outcomes: dict[str, ReviewOutcome]) -> tupl
             rows.append({**revised, "review": outcome.review})
     return pa.Table.from_pylist(rows, schema=table.schema), table.num_rows - len(rows)
 
-
-def outcome_counts(outcomes: dict[str, ReviewOutcome]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for outcome in outcomes.values():
-        decision = json.loads(outcome.review)["decision"]
-        counts[decision] = counts.get(decision, 0) + 1
-    return counts

@@ -11,7 +11,6 @@ import io
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -160,7 +159,3 @@ def stored_fields(revised: dict) -> dict:
 
 def apply_revision(sample: dict, fields: dict) -> dict:
     return {**sample, **{name: fields[name] for name in STORED_EDIT_FIELDS if name in fields}}
-
-
-def review_dir(run: RunDir) -> Path:
-    return run.root / "review"

@@ -24,13 +24,14 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cotaforge import __version__, progress
 from cotaforge.config import RunConfig, stable_hash
-from cotaforge.cot import render_user_text
+from cotaforge.cot import option_letter
 from cotaforge.models import SAMPLE_RATE_HZ, SCHEMA_VERSION, SYSTEM_PROMPT, ShardInfo, ShardManifest, StageReport
 from cotaforge.store import SAMPLE_SCHEMA, RunDir, fingerprint
 
@@ -142,34 +143,73 @@ class _Stats:
         self.cot_words_total = 0
 
     def add(self, table: pa.Table) -> None:
-        columns = {c: table[c].to_pylist() for c in ("split", "class_label", "prompt_style", "question_type",
-                                                      "answer", "source_dataset", "assistant_text")}
-        for split, cls, style, qtype, answer, source, text in zip(*columns.values()):
-            self.rows[split] += 1
-            self.cells[(cls, style)] += 1
-            self.answers[(qtype, answer if qtype in ("multiple_choice", "yes_no") else "-")] += 1
-            self.split_classes[(split, cls)] += 1
-            self.sources[source] += 1
-            words = len(text.split())
-            self.cot_words_total += words
-            self.cot_words[min(words // 25 * 25, COT_LENGTH_BINS[-1])] += 1
+        def counts(columns: list[str]) -> dict[tuple, int]:
+            grouped = table.group_by(columns).aggregate([([], "count_all")]).to_pydict()
+            return {tuple(grouped[c][i] for c in columns): n for i, n in enumerate(grouped["count_all"])}
+
+        for (split,), n in counts(["split"]).items():
+            self.rows[split] += n
+        for key, n in counts(["class_label", "prompt_style"]).items():
+            self.cells[key] += n
+        for (split, cls), n in counts(["split", "class_label"]).items():
+            self.split_classes[(split, cls)] += n
+        for (source,), n in counts(["source_dataset"]).items():
+            self.sources[source] += n
+        for (qtype, answer), n in counts(["question_type", "answer"]).items():
+            self.answers[(qtype, answer if qtype in ("multiple_choice", "yes_no") else "-")] += n
+        # Words as separators + 1: the assistant text is single-spaced, and a literal count is cheap.
+        text = table["assistant_text"]
+        words = (pc.count_substring(text, " ").to_numpy(zero_copy_only=False)
+                 + pc.count_substring(text, "\n").to_numpy(zero_copy_only=False) + 1)
+        self.cot_words_total += int(words.sum())
+        bins = np.minimum(words // 25 * 25, COT_LENGTH_BINS[-1])
+        for value, n in zip(*np.unique(bins, return_counts=True)):
+            self.cot_words[int(value)] += int(n)
 
 
-def _published_table(batch_table: pa.Table, audio: dict[str, bytes], split_of: dict[str, str]) -> pa.Table:
-    clip_ids = batch_table["clip_id"].to_pylist()
-    messages = [
-        [{"role": "system", "content": SYSTEM_PROMPT},
-         {"role": "user", "content": render_user_text(q, o)},
-         {"role": "assistant", "content": a}]
-        for q, o, a in zip(batch_table["question"].to_pylist(), batch_table["options"].to_pylist(),
-                           batch_table["assistant_text"].to_pylist())
-    ]
-    audio_column = pa.StructArray.from_arrays(
-        [pa.array([audio[c] for c in clip_ids], pa.binary()), pa.array([f"{c}.wav" for c in clip_ids], pa.string())],
-        fields=list(AUDIO_TYPE))
+def _user_texts(table: pa.Table) -> pa.Array:
+    """`render_user_text` for a whole table at once: the question, then 'A. option' lines."""
+    options = table["options"].combine_chunks()
+    flat = pc.list_flatten(options)
+    if len(flat):
+        parents = pc.list_parent_indices(options).to_numpy()
+        starts = options.offsets.to_numpy()[:-1][parents]
+        letters = pa.array([f"{option_letter(i)}. " for i in (np.arange(len(flat)) - starts)], pa.string())
+        lettered = pc.binary_join_element_wise(letters, flat, "")
+        lines = pa.ListArray.from_arrays(options.offsets, lettered)
+        joined = pc.binary_join(lines, "\n")
+    else:
+        joined = pa.array([""] * len(options), pa.string())
+    has_options = pc.greater(pc.list_value_length(options), 0)
+    with_options = pc.binary_join_element_wise(table["question"], joined, "\n")
+    return pc.if_else(has_options, with_options, table["question"]).combine_chunks()
+
+
+def _messages(table: pa.Table) -> pa.Array:
+    """System, user and assistant turns per row, built column-wise (no per-row Python objects)."""
+    n = table.num_rows
+    user = _user_texts(table)
+    assistant = table["assistant_text"].combine_chunks()
+    # Interleave [system, user_i, assistant_i] for every row, then cut into lists of three.
+    take = np.empty(3 * n, dtype=np.int64)
+    take[0::3], take[1::3], take[2::3] = 0, 1 + np.arange(n), 1 + n + np.arange(n)
+    contents = pa.concat_arrays([pa.array([SYSTEM_PROMPT], pa.string()), user, assistant]).take(pa.array(take))
+    roles = pa.DictionaryArray.from_arrays(pa.array(np.tile([0, 1, 2], n), pa.int32()),
+                                           pa.array(["system", "user", "assistant"])).cast(pa.string())
+    turns = pa.StructArray.from_arrays([roles, contents], names=["role", "content"])
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, 3 * n + 1, 3), pa.int32()), turns)
+
+
+def _published_table(batch_table: pa.Table, ingest: pa.Table, split_of: dict[str, str]) -> pa.Table:
+    """The batch's samples with their audio (taken column-wise from the ingest part), split and messages."""
+    row_of = {clip_id: i for i, clip_id in enumerate(ingest["clip_id"].to_pylist())}
+    rows = pa.array([row_of[c] for c in batch_table["clip_id"].to_pylist()], pa.int64())
+    audio_bytes = ingest["audio_wav"].take(rows).combine_chunks()
+    audio_paths = pc.binary_join_element_wise(batch_table["clip_id"], ".wav", "").combine_chunks()
+    audio_column = pa.StructArray.from_arrays([audio_bytes, audio_paths], fields=list(AUDIO_TYPE))
     table = batch_table.set_column(batch_table.schema.get_field_index("split"), "split",
                                    pa.array([split_of[g] for g in batch_table["group_id"].to_pylist()], pa.string()))
-    table = table.append_column("audio", audio_column).append_column("messages", pa.array(messages, MESSAGE_TYPE))
+    table = table.append_column("audio", audio_column).append_column("messages", _messages(batch_table))
     return table.select(PUBLISHED_SCHEMA.names).cast(PUBLISHED_SCHEMA)
 
 
@@ -237,8 +277,7 @@ def _write_dataset(run: RunDir, cfg: RunConfig, target: Path, fp: str, started: 
             if table.num_rows == 0:
                 continue
             ingest = run.read_part("ingest", batch, ["clip_id", "audio_wav"])
-            audio = dict(zip(ingest["clip_id"].to_pylist(), ingest["audio_wav"].to_pylist()))
-            published = _published_table(table, audio, split_of)
+            published = _published_table(table, ingest, split_of)
             stats.add(published)
             split_column = published["split"]
             for split, writer in writers.items():

@@ -5,7 +5,9 @@ Output: `validate/part-N.parquet` (passing samples, `validation` JSON filled) an
 Checks (reason codes): schema_invalid; missing_stage, repeated_stage, stage_order, assistant_text_mismatch;
 stage_too_short, stage_too_long; ground_truth_mismatch, answer_mismatch; options_not_distinct,
 options_ambiguous; response_mismatch, summary_disagrees; leak_forbidden_word, leak_source_id,
-leak_answer_in_question; near_duplicate_question. Validators return reasons; they never raise per row.
+leak_answer_in_question; near_duplicate_question; judge_unsupported (the optional LLM judge, `validate.judge`,
+found that the reasoning does not support the answer) or a teacher_* code when the judge itself failed.
+Validators return reasons; they never raise per row.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from functools import lru_cache
 from pathlib import PurePath
 
 import pyarrow as pa
@@ -25,6 +28,8 @@ from cotaforge.describe import display_label
 from cotaforge.models import COT_STAGES, Rejection, Sample, StageReport
 from cotaforge.stages.ingest import load_run_stats, read_clips
 from cotaforge.store import SAMPLE_SCHEMA, RunDir, fingerprint, json_dumps
+from cotaforge.teacher.base import JudgeRequest, Teacher, TeacherFailure
+from cotaforge.teacher.build import build_teacher
 
 STAGE = "validate"
 STAGE_VERSION = 1
@@ -34,14 +39,21 @@ _WORD = re.compile(r"[\w']+", re.UNICODE)
 _LETTER = re.compile(r"\b([A-Z])\b")
 
 
+@lru_cache(maxsize=8192)
 def _norm(text: str) -> str:
+    """Case-folded, quote-free, single-spaced text; cached since a sample's texts are compared many times."""
     return " ".join(text.casefold().replace('"', " ").replace("_", " ").split())
+
+
+@lru_cache(maxsize=4096)
+def _phrase_pattern(phrase: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<![\w]){re.escape(phrase)}(?![\w])")
 
 
 def _contains(text: str, phrase: str) -> bool:
     """Whole-word, case-insensitive containment (so 'one' is not found inside 'someone')."""
     phrase = _norm(phrase)
-    return bool(phrase) and re.search(rf"(?<![\w]){re.escape(phrase)}(?![\w])", _norm(text)) is not None
+    return bool(phrase) and _phrase_pattern(phrase).search(_norm(text)) is not None
 
 
 def final_letter(text: str) -> str | None:
@@ -144,20 +156,27 @@ def leak_terms(clip: dict) -> list[str]:
     return [t for t in terms if t and len(t) >= 3]
 
 
-def check_leakage(sample: dict, clip: dict, cfg: RunConfig) -> list[str]:
+def _mentions(text: str, lowered: str, term: str) -> bool:
+    """Whether `text` names `term`: plain words only as whole words, ids and file names anywhere.
+
+    The substring test comes first because almost every sample passes it, and it is far cheaper than a regex.
+    """
+    needle = term.casefold()
+    if needle not in lowered:
+        return False
+    if not needle.replace(" ", "").isalpha():
+        return True
+    return _phrase_pattern(needle).search(lowered) is not None
+
+
+def check_leakage(sample: dict, clip: dict, cfg: RunConfig, cache: dict | None = None) -> list[str]:
     reasons: list[str] = []
     joined = " \n ".join([sample["question"], *(sample[s] for s in COT_STAGES)])
-    normalized = _norm(joined)
-    words = set(_WORD.findall(normalized))
-
-    def mentions(term: str) -> bool:
-        term = _norm(term)
-        # Single words are matched whole ('one' is not in 'someone'); ids and file names as substrings.
-        return term in words if _WORD.fullmatch(term) and not any(c.isdigit() for c in term) else term in normalized
-
-    if any(mentions(word) for word in cfg.validate_.forbidden_words):
+    lowered = joined.casefold()
+    if any(_mentions(joined, lowered, word) for word in cfg.validate_.forbidden_words):
         reasons.append("leak_forbidden_word")
-    if any(mentions(term) for term in [sample["sample_id"], *leak_terms(clip)]):
+    terms = cache.setdefault(clip["clip_id"], leak_terms(clip)) if cache is not None else leak_terms(clip)
+    if any(_mentions(joined, lowered, term) for term in [sample["sample_id"], *terms]):
         reasons.append("leak_source_id")
     if sample["question_type"] in ("multiple_choice", "open_ended") and _contains(sample["question"], sample["target_value"]):
         reasons.append("leak_answer_in_question")
@@ -173,6 +192,7 @@ def validate_samples(samples: list[dict], clips: dict[str, dict], cfg: RunConfig
     passed: list[dict] = []
     rejects: list[Rejection] = []
     seen_questions: dict[str, list[set[str]]] = {}
+    leak_cache: dict[str, list[str]] = {}
     for sample in samples:
         clip = clips.get(sample["clip_id"])
         try:
@@ -182,7 +202,7 @@ def validate_samples(samples: list[dict], clips: dict[str, dict], cfg: RunConfig
             reasons = ["schema_invalid"]
             detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         if clip and not reasons:
-            reasons = check_format(sample, cfg) + check_answer(sample, clip) + check_leakage(sample, clip, cfg)
+            reasons = check_format(sample, cfg) + check_answer(sample, clip) + check_leakage(sample, clip, cfg, leak_cache)
             tokens = set(_WORD.findall(render_user_text(sample["question"], sample["options"]).casefold()))
             earlier = seen_questions.setdefault(sample["clip_id"], [])
             if any(_jaccard(tokens, other) >= cfg.validate_.near_duplicate_jaccard for other in earlier):
@@ -210,25 +230,73 @@ def validate_samples(samples: list[dict], clips: dict[str, dict], cfg: RunConfig
     return passed, rejects
 
 
+def judge_samples(samples: list[dict], captions: dict[str, str], clips: dict[str, dict], cfg: RunConfig,
+                  teacher: Teacher) -> tuple[list[dict], list[Rejection]]:
+    """The optional LLM judge: keep samples whose reasoning it scores at least `validate.judge_min_score`."""
+    requests = []
+    for s in samples:
+        answer = s["answer"]
+        if s["options"] and answer in [option_letter(i) for i in range(len(s["options"]))]:
+            answer = f"{answer}. {s['options'][ord(answer) - ord('A')]}"
+        requests.append(JudgeRequest(sample_id=s["sample_id"], question=render_user_text(s["question"], s["options"]),
+                                     answer=answer, caption=captions.get(s["clip_id"], s["caption"]),
+                                     reasoning=s["reasoning"], summary=s["summary"], response=s["response"],
+                                     seed=cfg.run.seed))
+    kept: list[dict] = []
+    rejects: list[Rejection] = []
+    for sample, verdict in zip(samples, teacher.judge(requests)):
+        clip = clips[sample["clip_id"]]
+        if isinstance(verdict, TeacherFailure):
+            reason, message, raw = verdict.reason, f"the judge failed: {verdict.message}", verdict.raw
+        elif not verdict.supports_answer or verdict.score < cfg.validate_.judge_min_score:
+            reason, raw = "judge_unsupported", sample["assistant_text"]
+            message = f"the judge scored {verdict.score}/5 (supports answer: {verdict.supports_answer}): {verdict.explanation}"
+        else:
+            validation = json.loads(sample["validation"])
+            validation["judge"] = {"score": verdict.score, "explanation": verdict.explanation}
+            kept.append({**sample, "validation": json_dumps(validation)})
+            continue
+        rejects.append(Rejection(stage=STAGE, reason=reason, reasons=[reason], clip_id=sample["clip_id"],
+                                 sample_id=sample["sample_id"], manifest_row=clip["manifest_row"],
+                                 source_path=sample["source_path"], raw=raw,
+                                 message=f"{clip['manifest_row']}: sample {sample['sample_id']}: {message}"))
+    return kept, rejects
+
+
 def validate_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
     """Validate one batch into `validate/part-<batch>.parquet`; skip it if already done."""
     started = time.perf_counter()
-    fp = fingerprint(STAGE, STAGE_VERSION, cfg.section_hash("validate"), run.part_fingerprint("expand", batch))
+    teacher = build_teacher(cfg, STAGE) if cfg.validate_.judge else None
+    fp = fingerprint(STAGE, STAGE_VERSION, cfg.section_hash("validate"), run.part_fingerprint("expand", batch),
+                     *([teacher.fingerprint(), run.part_fingerprint("caption", batch)] if teacher else []))
     if run.part_fingerprint(STAGE, batch) == fp:
         report = run.stored_report(STAGE, batch)
         progress.advance(STAGE, report.rows_in)
         return report
     stats = load_run_stats(run)
     clips = {c["clip_id"]: c for c in read_clips(run, batch, stats).to_pylist()}
-    samples = run.read_part("expand", batch).to_pylist()
+    table = run.read_part("expand", batch)
+    samples = table.to_pylist()
     passed, rejects = validate_samples(samples, clips, cfg)
+    # Keep the passing rows column-wise (cheaper than rebuilding the table from dicts); only `validation` changes.
+    passed_ids = {row["sample_id"] for row in passed}
+    kept = table.filter(pa.array([s["sample_id"] in passed_ids for s in samples], pa.bool_()))
+    kept = kept.set_column(kept.schema.get_field_index("validation"), "validation",
+                           pa.array([row["validation"] for row in passed], pa.string()))
+    if teacher is not None:
+        captions = dict(zip(*(run.read_part("caption", batch, ["clip_id", "text"])[c].to_pylist()
+                              for c in ("clip_id", "text"))))
+        passed, judged = judge_samples(passed, captions, clips, cfg, teacher)
+        rejects += judged
     progress.advance(STAGE, len(samples))
     rejected: dict[str, int] = {}
     for reject in rejects:
         rejected[reject.reason] = rejected.get(reject.reason, 0) + 1
     report = StageReport(stage=STAGE, rows_in=len(samples), rows_out=len(passed), rejected=rejected, parts_done=1,
                          seconds=time.perf_counter() - started)
-    run.write_part(STAGE, batch, pa.Table.from_pylist(passed, schema=SAMPLE_SCHEMA), fp, rejects, report)
+    if teacher is not None:
+        report.teacher = teacher.usage
+    run.write_part(STAGE, batch, kept.cast(SAMPLE_SCHEMA), fp, rejects, report)
     return report
 
 

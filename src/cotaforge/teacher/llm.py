@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from cotaforge import progress
-from cotaforge.config import RunConfig
+from cotaforge.config import RunConfig, stable_hash
 from cotaforge.cot import render_user_text
 from cotaforge.describe import format_seconds
 from cotaforge.prompts import ChatPrompt, load_chat_prompt
@@ -369,7 +369,9 @@ class LLMTeacher(Teacher):
               check: Callable[[Any], str | None] | None, **values: Any) -> Call:
         system, user = prompt.render(schema=schema_instruction(schema), **values)
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-        return Call(task, item_id, messages, output, schema, prompt.stem, seed, check)
+        # A seed per item: reproducible answers, and varied ones across items; attempt k adds k.
+        item_seed = int(stable_hash([seed, task, item_id], length=8), 16) % 2**31
+        return Call(task, item_id, messages, output, schema, prompt.stem, item_seed, check)
 
     def _solve(self, calls: list[Call]) -> list[BaseModel | TeacherFailure]:
         jobs = [Job(call, self.settings) for call in calls]

@@ -49,6 +49,7 @@ def evaluate(
     max_new_tokens: int = typer.Option(512, min=1),
     batch_size: int = typer.Option(8, min=1),
     max_rows: int = typer.Option(None, min=1, help="questions per split; default all"),
+    question_type: list[str] = typer.Option(None, "--question-type", help="only these types (repeatable)"),
     out: Path = typer.Option(None, help="folder for eval.md, eval.json and predictions.jsonl"),
 ) -> None:
     """Generate answers, parse them with the documented rules and print accuracy by split, type and class."""
@@ -58,7 +59,8 @@ def evaluate(
     if scoring not in ("generate", "options"):
         raise _fail(ValueError(f"--scoring {scoring!r}: use 'generate' or 'options'"))
     try:
-        report = evaluate_model(model, data, split, scoring, max_new_tokens, batch_size, max_rows, out)  # type: ignore[arg-type]
+        report = evaluate_model(model, data, split, scoring, max_new_tokens, batch_size, max_rows,  # type: ignore[arg-type]
+                                question_type or None, out)
     except ValueError as exc:
         raise _fail(exc) from exc
     typer.echo(report.to_markdown())

@@ -138,6 +138,7 @@ class EvaluateSection(_Section):
     max_new_tokens: int = Field(default=512, ge=1, le=32_768)
     batch_size: int = Field(default=8, ge=1, le=1024)
     max_rows: int | None = Field(default=None, ge=1, description="rows per split; None = all")
+    question_types: list[str] | None = Field(default=None, description="evaluate these types only; None = all")
 
 
 class FinetuneConfig(_Section):

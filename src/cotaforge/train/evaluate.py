@@ -41,7 +41,7 @@ from cotaforge.train.parsing import check_format, is_correct, is_letter_mention,
 logger = logging.getLogger(__name__)
 
 EVAL_COLUMNS = ["sample_id", "audio", "question", "options", "question_type", "answer", "class_label", "target",
-                "split"]
+                "split", "source_dataset"]
 Scoring = Literal["generate", "options"]
 
 
@@ -58,12 +58,14 @@ class EvalItem:
     class_label: str
     split: str
     target: str = "class"
+    source: str = "-"
 
 
 @dataclass
 class ItemResult:
     item_id: str
     split: str
+    source: str
     question_type: str
     class_label: str
     target: str
@@ -115,13 +117,18 @@ def _chance(question_type: str, options: Sequence[str]) -> float | None:
     return 0.5 if question_type == "yes_no" else None
 
 
-def dataset_items(dataset_dir: Path, splits: Sequence[str], max_rows: int | None = None) -> Iterator[EvalItem]:
-    """Questions from a published dataset's splits (at most `max_rows` per split)."""
+def dataset_items(dataset_dir: Path, splits: Sequence[str], max_rows: int | None = None,
+                  question_types: Sequence[str] | None = None) -> Iterator[EvalItem]:
+    """Questions from a published dataset's splits (at most `max_rows` per split, of `question_types`)."""
     for split in splits:
-        for row in iter_rows(split_shards(dataset_dir, split), EVAL_COLUMNS, max_rows):
+        rows = (row for row in iter_rows(split_shards(dataset_dir, split), EVAL_COLUMNS)
+                if question_types is None or row["question_type"] in question_types)
+        for count, row in enumerate(rows):
+            if max_rows is not None and count >= max_rows:
+                break
             yield EvalItem(row["sample_id"], decode_wav(row["audio"]["bytes"]), row["question"], row["options"] or [],
                            row["question_type"], row["answer"], row["class_label"], row["split"] or split,
-                           row["target"])
+                           row["target"], row["source_dataset"])
 
 
 def mmau_items(path: Path, max_rows: int | None = None) -> Iterator[EvalItem]:
@@ -151,16 +158,17 @@ def mmau_items(path: Path, max_rows: int | None = None) -> Iterator[EvalItem]:
         audio_path = audio_path if audio_path.is_absolute() else path.parent / audio_path
         yield EvalItem(str(record.get("id", index)), decode_audio(audio_path).samples, record["question"], choices,
                        "multiple_choice", letter, str(record.get("category") or record.get("task") or "-"),
-                       str(record.get("split") or "benchmark"))
+                       str(record.get("split") or "benchmark"), "class", path.stem)
 
 
-def load_items(data: str, splits: Sequence[str], max_rows: int | None = None) -> Iterator[EvalItem]:
-    """Items from a published dataset folder or an MMAU-style JSON file."""
+def load_items(data: str, splits: Sequence[str], max_rows: int | None = None,
+               question_types: Sequence[str] | None = None) -> Iterator[EvalItem]:
+    """Items from a published dataset folder or an MMAU-style JSON file (all multiple choice)."""
     path = Path(data)
     if path.is_file() and path.suffix == ".json":
         return mmau_items(path, max_rows)
     if path.is_dir():
-        return dataset_items(path, splits, max_rows)
+        return dataset_items(path, splits, max_rows, question_types)
     raise ValueError(f"{data} is neither a published dataset folder nor an MMAU-style .json file")
 
 
@@ -256,6 +264,8 @@ def _group_rows(items: Sequence[ItemResult]) -> list[GroupScore]:
         groups[("all", "all")].append(item)
         groups[("split", item.split)].append(item)
         groups[("split/type", f"{item.split}/{item.question_type}")].append(item)
+        groups[("split/source/type/target", f"{item.split}/{item.source}/{item.question_type}/{item.target}")].append(
+            item)
         groups[("split/type/class", f"{item.split}/{item.question_type}/{item.class_label}")].append(item)
     rows = []
     for (group, value), members in groups.items():
@@ -264,13 +274,14 @@ def _group_rows(items: Sequence[ItemResult]) -> list[GroupScore]:
         rows.append(GroupScore(group, value, len(members), float(np.mean([m.correct for m in members])), chance,
                                float(np.mean([m.format_ok for m in members])),
                                sum(m.prediction is None for m in members)))
-    order = {"all": 0, "split": 1, "split/type": 2, "split/type/class": 3}
+    order = {"all": 0, "split": 1, "split/type": 2, "split/source/type/target": 3, "split/type/class": 4}
     return sorted(rows, key=lambda row: (order[row.group], row.value))
 
 
 def evaluate_model(model_ref: str, data: str, splits: Sequence[str] = ("test",), scoring: Scoring = "generate",
                    max_new_tokens: int = 512, batch_size: int = 8, max_rows: int | None = None,
-                   out_dir: Path | None = None, model: Any = None, processor: Any = None) -> EvalReport:
+                   question_types: Sequence[str] | None = None, out_dir: Path | None = None, model: Any = None,
+                   processor: Any = None) -> EvalReport:
     """Evaluate `model_ref` (a run's final/ folder or a Hub id) on `data`; write eval.md/json to `out_dir`.
 
     Pass `model` and `processor` to evaluate an already loaded model (`model_ref` then only names it).
@@ -294,13 +305,14 @@ def evaluate_model(model_ref: str, data: str, splits: Sequence[str] = ("test",),
             if scoring == "options" and item.question_type == "multiple_choice":
                 prediction, rule = evaluator.score_options(item, output)
             correct = is_correct(prediction, item.question_type, item.answer)
-            results.append(ItemResult(item.item_id, item.split, item.question_type, item.class_label, item.target,
+            results.append(ItemResult(item.item_id, item.split, item.source, item.question_type, item.class_label,
+                                      item.target,
                                       item.answer, prediction, rule, correct, check_format(output).compliant,
                                       _chance(item.question_type, item.options), output))
         logger.info("evaluated %d questions (%.0f s)", len(results), time.perf_counter() - started)
         pending.clear()
 
-    for item in load_items(data, splits, max_rows):
+    for item in load_items(data, splits, max_rows, question_types):
         pending.append(item)
         if len(pending) == batch_size:
             flush()

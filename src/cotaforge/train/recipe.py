@@ -360,4 +360,4 @@ def evaluate_run(cfg: FinetuneConfig) -> "EvalReport":
         raise ValueError(f"{final_dir} holds no trained model: run `cotaforge finetune` to the last step first")
     ev = cfg.evaluate
     return evaluate_model(str(final_dir), str(cfg.data.dataset_dir), ev.splits, ev.scoring, ev.max_new_tokens,
-                          ev.batch_size, ev.max_rows, out_dir=cfg.run_dir)
+                          ev.batch_size, ev.max_rows, ev.question_types, out_dir=cfg.run_dir)

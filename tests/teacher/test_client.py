@@ -1,0 +1,127 @@
+"""Client policies without a server: backoff, Retry-After, token estimates, rate limits, endpoint choice."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import pytest
+
+from cotaforge.teacher.client import (AUDIO_PART_TOKENS, Endpoint, EndpointPool, RateLimiter, backoff_delay_s,
+                                      estimate_tokens, retry_after_s)
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_ceiling():
+    rng = random.Random(0)
+    for retry in range(8):
+        ceiling = min(30.0, 1.0 * 2 ** retry)
+        delays = [backoff_delay_s(retry, 1.0, 30.0, rng=rng) for _ in range(50)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len(set(delays)) > 1  # jitter: clients do not retry in lockstep
+
+
+def test_retry_after_is_honoured():
+    assert 7.0 <= backoff_delay_s(0, 1.0, 60.0, retry_after_s=7.0) <= 7.1
+    assert 90.0 <= backoff_delay_s(0, 1.0, 60.0, retry_after_s=90.0) <= 90.1  # the server knows best
+    assert retry_after_s({"retry-after": "3"}) == 3.0
+    assert retry_after_s({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) is None
+    assert retry_after_s({}) is None
+
+
+def test_token_estimate_counts_text_audio_and_the_completion_budget():
+    body = {"max_tokens": 100, "messages": [
+        {"role": "system", "content": "x" * 400},
+        {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "A" * 10_000, "format": "wav"}},
+                                     {"type": "text", "text": "y" * 40}]}]}
+    assert estimate_tokens(body) == 100 + 10 + AUDIO_PART_TOKENS + 100
+
+
+def test_rate_limiter_spaces_requests_beyond_the_burst():
+    async def scenario() -> float:
+        limiter = RateLimiter(per_min=600)  # 10 per second, a burst of 600
+        limiter.level = 0  # empty bucket: every acquire waits for the refill
+        started = time.monotonic()
+        for _ in range(5):
+            await limiter.acquire(1)
+        return time.monotonic() - started
+
+    elapsed_s = asyncio.run(scenario())
+    assert 0.4 <= elapsed_s <= 1.0
+
+
+def test_rate_limiter_refund_returns_an_overestimate():
+    limiter = RateLimiter(per_min=1000)
+    asyncio.run(limiter.acquire(800))
+    limiter.refund(500)
+    assert 690 <= limiter.level <= 710
+
+
+def _pool(*limits: int) -> EndpointPool:
+    return EndpointPool([Endpoint(f"http://e{i}", None, limit) for i, limit in enumerate(limits)])
+
+
+def test_requests_spread_across_endpoints_by_free_capacity():
+    async def scenario() -> list[str]:
+        pool = _pool(4, 4)
+        return [(await pool.acquire()).url for _ in range(8)]
+
+    urls = asyncio.run(scenario())
+    assert urls.count("http://e0") == 4 and urls.count("http://e1") == 4
+
+
+def test_a_full_pool_waits_and_a_release_wakes_it():
+    async def scenario() -> bool:
+        pool = _pool(1)
+        first = await pool.acquire()
+        waiter = asyncio.ensure_future(pool.acquire())
+        await asyncio.sleep(0.05)
+        blocked = not waiter.done()
+        await pool.release(first, 0.1)
+        await asyncio.wait_for(waiter, 1)
+        return blocked
+
+    assert asyncio.run(scenario())
+
+
+def test_an_unreachable_endpoint_rests_and_a_retry_avoids_the_one_that_failed():
+    async def scenario() -> tuple[str, list[str]]:
+        pool = _pool(8, 8)
+        e0 = await pool.acquire()
+        retry = await pool.acquire(avoid=e0)
+        await pool.release(retry)
+        await pool.release(e0, reachable=False)  # connection refused: e0 rests
+        return retry.url, [(await pool.acquire()).url for _ in range(6)]
+
+    retry_url, later = asyncio.run(scenario())
+    assert retry_url == "http://e1"
+    assert set(later) == {"http://e1"}
+
+
+def test_a_slow_endpoint_gets_less_once_both_have_room():
+    async def scenario() -> str:
+        pool = _pool(8, 8)
+        fast, slow = pool.endpoints
+        fast.latency_s, slow.latency_s = 0.1, 5.0
+        return (await pool.acquire()).url
+
+    assert asyncio.run(scenario()) == "http://e0"
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_concurrency_never_exceeds_the_limit(limit):
+    async def scenario() -> int:
+        pool = _pool(limit)
+        peak = 0
+
+        async def one() -> None:
+            nonlocal peak
+            endpoint = await pool.acquire()
+            peak = max(peak, endpoint.in_flight)
+            await asyncio.sleep(0.01)
+            await pool.release(endpoint, 0.01)
+
+        await asyncio.gather(*(one() for _ in range(12)))
+        return peak
+
+    assert asyncio.run(scenario()) == limit
