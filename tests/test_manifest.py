@@ -62,3 +62,11 @@ def test_unreadable_manifests(tmp_path, name, content, message):
     (tmp_path / name).write_text(content, encoding="utf-8")
     with pytest.raises(InputError, match=message):
         read_manifest(tmp_path / name)
+
+
+def test_speaker_column_groups_by_default_and_group_by_wins(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("path,label,speaker,session\na.wav,x,ann,s1\n", encoding="utf-8")
+    assert read_manifest(path)[0].group == "ann"
+    assert read_manifest(path, group_by="session")[0].group == "s1"
+    assert read_manifest(path, group_by="absent")[0].group == "ann"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import scipy.fft
 import soxr
 from scipy.ndimage import maximum_filter1d, uniform_filter1d
 
@@ -177,7 +178,8 @@ def acoustic_facts(samples: np.ndarray, clipping_ratio: float = 0.0) -> Acoustic
         silence_ratio = 1.0 if rms < 10 ** (SILENCE_FRAME_DBFS / 20) else 0.0
 
     frames = _frames(samples) * _WINDOW
-    spectrum = np.fft.rfft(frames, n=N_FFT, axis=1)
+    # scipy's FFT keeps float32 and is several times faster here than numpy's.
+    spectrum = scipy.fft.rfft(frames, n=N_FFT, axis=1, workers=1)
     power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
     frame_energy = power.sum(axis=1)
     freqs = np.fft.rfftfreq(N_FFT, 1.0 / sr).astype(np.float32)
@@ -245,7 +247,7 @@ def _pitch(power: np.ndarray, frame_energy: np.ndarray) -> tuple[float | None, f
     active = frame_energy > max(frame_energy.max() * 1e-3, _EPS) if frame_energy.size else frame_energy.astype(bool)
     if not active.any():
         return None, 0.0
-    ac = np.fft.irfft(power[active], n=N_FFT, axis=1)[:, : N_FFT // 2]
+    ac = scipy.fft.irfft(power[active], n=N_FFT, axis=1, workers=1)[:, : N_FFT // 2]
     ac = ac / (ac[:, :1] + _EPS) / _WINDOW_AC[: N_FFT // 2]
     lag_min, lag_max = int(sr / F0_MAX_HZ), int(sr / F0_MIN_HZ)
     window = ac[:, lag_min : lag_max + 1]

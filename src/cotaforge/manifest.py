@@ -1,7 +1,8 @@
 """Read input manifests (CSV, JSONL, Parquet, or a folder with one sub-folder per label) into one table.
 
 Required columns: `path` (absolute, or relative to the manifest's folder) and `label` (several separated by
-`;` in CSV, or a list in JSONL / Parquet). Optional: `group`, `id`. Every other column is kept as metadata.
+`;` in CSV, or a list in JSONL / Parquet). Optional: `group` (or the column named by --group-by; a `speaker`
+column groups by default), `id`. Every other column is kept as metadata.
 A manifest that cannot be read at all raises InputError; a row with a bad value is kept with an `error`
 so ingest rejects that row alone and the rest of the run goes on.
 """
@@ -78,6 +79,15 @@ def _folder_table(folder: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _group_column(columns, group_by: str | None) -> str | None:
+    """The column that groups rows for splitting: --group-by if this manifest has it, else `group`, else
+    `speaker` (a speaker must never be on both sides of a split), else none (each clip is its own group)."""
+    for candidate in (group_by, "group", "speaker"):
+        if candidate and candidate in columns:
+            return candidate
+    return None
+
+
 def read_manifest(path: Path, group_by: str | None = None, start_index: int = 0) -> list[ManifestRow]:
     """Rows of one manifest, numbered from `start_index`."""
     path = Path(path)
@@ -95,7 +105,7 @@ def read_manifest(path: Path, group_by: str | None = None, start_index: int = 0)
                          f"its columns are {list(table.columns)}. Add them (see README, 'Input manifest').")
     if table.empty:
         raise InputError(f"manifest {path} has no rows")
-    group_column = group_by if group_by and group_by in table.columns else ("group" if "group" in table.columns else None)
+    group_column = _group_column(table.columns, group_by)
     metadata_columns = [c for c in table.columns if c not in RESERVED_COLUMNS]  # a group column stays too
 
     rows: list[ManifestRow] = []

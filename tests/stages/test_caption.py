@@ -26,7 +26,7 @@ def test_grounding_fields_skip_ids_constants_and_class_renames(built):
     digits = [f for d, f in fields.items() if "digits" in d][0]
     drums = [f for d, f in fields.items() if "drums" in d][0]
     assert digits == ["accent"]  # not speaker (the split group), gender (constant) or digit (the class renamed)
-    assert drums == ["source_instrument"]  # not source_file (file names), license or kit (one value here)
+    assert drums == []  # not source_file or source_instrument (provenance), license or kit (one value here)
 
 
 def test_metadata_appears_in_the_caption(built):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 
 import pyarrow as pa
@@ -31,11 +32,18 @@ CAPTION_PLACEHOLDERS = frozenset({
 })
 
 
+# Columns that name a person, a file or a record identify a clip rather than describe it: never asked about.
+IDENTITY_FIELD = re.compile(
+    r"(^|[_\s-])(id|ids|uuid|key|group|speaker|speakers|spk|user|client|person|name|file|filename|path|session|"
+    r"utt|utterance|source)([_\s-]|$)", re.IGNORECASE)
+
+
 def grounding_fields(stats: dict, cfg: RunConfig) -> dict[str, list[str]]:
     """Per source dataset, the metadata fields questions and captions may speak of.
 
     'auto' keeps categorical fields (2 to 20 values, every value a safe plain phrase, none a file name)
-    that are not the split group (a speaker's name is an id, not a fact) and not a rename of the class.
+    that are not the split group, not an identity (a speaker's name is an id, not a fact; so are file, path,
+    session and id columns) and not a rename of the class.
     """
     from cotaforge.stages.ingest import label_problem
 
@@ -47,7 +55,7 @@ def grounding_fields(stats: dict, cfg: RunConfig) -> dict[str, list[str]]:
                 if name in cfg.expand.metadata_fields:
                     keep.append(name)
                 continue
-            if name == cfg.inputs.group_by or not 2 <= len(values) <= 20:
+            if name == cfg.inputs.group_by or IDENTITY_FIELD.search(name) or not 2 <= len(values) <= 20:
                 continue
             if any(label_problem(v, cfg) or v.lower().endswith((".wav", ".flac", ".ogg", ".mp3")) for v in values):
                 continue
