@@ -20,6 +20,11 @@ $(VENV)/.core-installed: pyproject.toml | $(BIN)/python
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[train,dev]'
+	# System packages the review tests use: a headless browser and a PostgreSQL server they start themselves.
+	# Without root (no apt-get), those tests skip themselves and say why.
+	(command -v chromium >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1) || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium postgresql) || \
+		echo "warning: could not install chromium and postgresql; the browser and PostgreSQL tests will skip"
 	touch $(VENV)/.core-installed $@
 
 demo: $(VENV)/.core-installed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cotaforge.models import StageReport
+from cotaforge.models import StageReport, merge_reports
 from cotaforge.store import RunDir, write_text_atomic
 
 
@@ -19,10 +19,15 @@ def run_report_markdown(run: RunDir, reports: list[StageReport], dataset: Path |
                      f"| {r.seconds:.2f} |")
     usage = [r for r in reports if r.teacher.requests or r.teacher.cache_hits]
     if usage:
-        lines += ["", "| stage | teacher requests | cache hits | prompt tokens | completion tokens |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
-        lines += [f"| {r.stage} | {r.teacher.requests} | {r.teacher.cache_hits} | {r.teacher.prompt_tokens} | "
-                  f"{r.teacher.completion_tokens} |" for r in usage]
+        total = merge_reports("run total", usage) if len(usage) > 1 else None
+        lines += ["", "| stage | teacher requests sent | cache hits | cache misses | retries | failures | prompt tokens "
+                      "| completion tokens | cost (USD) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {r.stage} | {r.teacher.requests} | {r.teacher.cache_hits} | {r.teacher.cache_misses} | "
+                  f"{r.teacher.retries} | {r.teacher.failures} | {r.teacher.prompt_tokens} | "
+                  f"{r.teacher.completion_tokens} | {r.teacher.cost_usd:.4f} |" for r in usage + ([total] if total else [])]
+        lines.append("Skipped parts count what their teacher used when they were made; tokens and cost count "
+                     "cache misses only.")
     notes = [f"- {r.stage}: {note}" for r in reports for note in r.notes]
     if notes:
         lines += ["", "## Notes", *notes]

@@ -22,12 +22,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(run: RunDir, log_path: Path) -> tuple[subprocess.Popen, str]:
+def start_server(run: RunDir, log_path: Path, db_url: str | None = None) -> tuple[subprocess.Popen, str]:
     """`cotaforge review serve` in a child process on 127.0.0.1; returns it and its base URL once it answers."""
     port = free_port()
     log = log_path.open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "cotaforge.cli", "review", "serve", str(run.root),
-                                "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+    command = [sys.executable, "-m", "cotaforge.cli", "review", "serve", str(run.root), "--port", str(port)]
+    process = subprocess.Popen(command + (["--db", db_url] if db_url else []), stdout=log, stderr=subprocess.STDOUT,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

@@ -25,13 +25,20 @@ REPLAY_EVERY = 25  # every 25th form is sent twice, as a double click would
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_eight_annotators_two_hundred_decisions_each(base_run: RunDir, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_eight_annotators_two_hundred_decisions_each(base_run: RunDir, tmp_path: Path, backend: str,
+                                                     request: pytest.FixtureRequest) -> None:
     run = copy_run(base_run, tmp_path / "output")
     copies = math.ceil(ANNOTATORS * DECISIONS_EACH * 1.1 / base_run.part_rows("balance"))
     replicate_samples(run, copies)
-    store = ReviewStore(default_db_url(run))
+    db_url = None
+    if backend == "postgres":
+        from .postgres import fresh_database
+
+        db_url = fresh_database(request.getfixturevalue("postgres_url"))
+    store = ReviewStore(db_url or default_db_url(run))
     tokens = {f"annotator{i}": store.add_annotator(f"annotator{i}") for i in range(ANNOTATORS)}
-    process, url = start_server(run, tmp_path / "server.log")
+    process, url = start_server(run, tmp_path / "server.log", db_url)
     latencies: list[float] = []
 
     def annotate(name: str) -> list[str]:
@@ -81,7 +88,7 @@ def test_eight_annotators_two_hundred_decisions_each(base_run: RunDir, tmp_path:
     log = (tmp_path / "server.log").read_text()
     assert all(token not in log for token in tokens.values()) and "POST /samples/" in log
     latencies.sort()
-    figures = {"annotators": ANNOTATORS, "decisions": len(decisions), "samples": len(samples.entries),
+    figures = {"backend": backend, "annotators": ANNOTATORS, "decisions": len(decisions), "samples": len(samples.entries),
                "wall_s": round(wall_s, 1), "decisions_per_s": round(len(decisions) / wall_s, 1),
                "post_p50_ms": round(1000 * latencies[len(latencies) // 2], 1),
                "post_p95_ms": round(1000 * latencies[int(len(latencies) * 0.95)], 1)}

@@ -57,6 +57,9 @@ def test_decisions_reach_the_published_dataset(run: RunDir) -> None:
     rows = _published_rows(cfg)
     assert rejected not in rows and disputed not in rows
     assert report.rejected == {"review_rejected": 2} and len(rows) == run.part_rows("balance") - 2
+    listed = {r["sample_id"]: r for r in run.rejects("publish").to_pylist()}
+    assert set(listed) == {rejected, disputed} and listed[disputed]["reason"] == "review_rejected"
+    assert "bo" in listed[disputed]["message"]
     assert json.loads(rows[accepted]["review"])["decision"] == "accept"
     edit_review = json.loads(rows[edited]["review"])
     assert edit_review["decision"] == "edit" and edit_review["revision"] == 1

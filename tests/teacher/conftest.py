@@ -26,7 +26,7 @@ def cot_request(i: int, question_type: str = "multiple_choice") -> CotRequest:
     if question_type == "multiple_choice":
         return CotRequest(sample_id=f"sample-{i}", question_type="multiple_choice", target="class",
                           question="Which option matches the sound?", options=["dog", "rain", "siren"], answer="B",
-                          answer_text='"rain"', caption="Steady rain on a roof.", facts=FACTS)
+                          answer_text='"rain"', caption=f"Steady rain on a roof, take {i}.", facts=FACTS)
     return CotRequest(sample_id=f"sample-{i}", question_type="yes_no", target="class", question='Is this "rain"?',
                       options=[], answer="yes", answer_text='"rain"', caption=f"Steady rain on a roof, take {i}.", facts=FACTS,
                       asked_value="rain")

@@ -2,8 +2,8 @@
 
 Answers are deterministic functions of the request, and they pass cotaforge's validation: the server reads
 the correct answer and the rules from cotaforge's prompts, the way a good teacher would. Faults (per
-request, chosen by `fault(request) -> name | None`): `429` (with Retry-After), `500`, `timeout` (answers
-after `hang_s`), `drop` (closes the connection), `malformed` (not JSON), `invalid` (JSON that misses
+request, chosen by `fault(request) -> name | None`): `429` (with Retry-After), `500`, `timeout` (closes the
+connection after `hang_s`), `drop` (closes the connection), `malformed` (not JSON), `invalid` (JSON that misses
 fields), `length` (cut off, finish_reason length).
 
 Run alone (benchmarks): `python -m tests.teacher.fake_openai --port 8011 --latency-ms 200`.
@@ -157,6 +157,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         state = self.state
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        if not self.path.rstrip("/").endswith("/v1/chat/completions"):
+            self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+            return
         key = body_key(body)
         with state.lock:
             seen_before = state.counts.get(key, 0)
@@ -179,8 +182,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(2)
             return
-        if fault == "timeout":
+        if fault == "timeout":  # the client gives up first; what it would have got is never delivered
             time.sleep(state.hang_s)
+            self.close_connection = True
+            return
         content = json.dumps(answer_for(body))
         finish = "stop"
         if fault == "malformed":

@@ -32,8 +32,9 @@ import pyarrow.parquet as pq
 from cotaforge import __version__, progress
 from cotaforge.config import RunConfig, stable_hash
 from cotaforge.cot import option_letter
-from cotaforge.models import SAMPLE_RATE_HZ, SCHEMA_VERSION, SYSTEM_PROMPT, ShardInfo, ShardManifest, StageReport
-from cotaforge.store import SAMPLE_SCHEMA, RunDir, fingerprint
+from cotaforge.models import (SAMPLE_RATE_HZ, SCHEMA_VERSION, SYSTEM_PROMPT, Rejection, ShardInfo, ShardManifest,
+                              StageReport)
+from cotaforge.store import SAMPLE_SCHEMA, RunDir, fingerprint, write_rejects
 
 STAGE = "publish"
 STAGE_VERSION = 1
@@ -267,13 +268,13 @@ def _write_dataset(run: RunDir, cfg: RunConfig, target: Path, fp: str, started: 
     metadata = {b"huggingface": json.dumps({"info": {"features": hf_features()}}).encode()}
     writers = {s: _SplitWriter(work / "data", s, cfg.publish.shard_rows, metadata) for s in cfg.publish.splits}
     stats = _Stats()
-    review_rejected = 0
+    review_rejects: list[Rejection] = []
     try:
         for batch in range(run.batch_count()):
             table = run.read_part("balance", batch)
             if decisions:
-                table, dropped = apply_decisions(table, decisions)
-                review_rejected += dropped
+                review_rejects += _review_rejects(table, decisions)
+                table, _ = apply_decisions(table, decisions)
             if table.num_rows == 0:
                 continue
             ingest = run.read_part("ingest", batch, ["clip_id", "audio_wav"])
@@ -298,11 +299,27 @@ def _write_dataset(run: RunDir, cfg: RunConfig, target: Path, fp: str, started: 
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
+    # Rows the annotators rejected are listed like every other dropped row.
+    write_rejects(run.rejects_path(STAGE, "review"), review_rejects)
     total = sum(stats.rows.values())
-    return StageReport(stage=STAGE, rows_in=total + review_rejected, rows_out=total, parts_done=1,
-                       rejected={"review_rejected": review_rejected} if review_rejected else {},
+    return StageReport(stage=STAGE, rows_in=total + len(review_rejects), rows_out=total, parts_done=1,
+                       rejected={"review_rejected": len(review_rejects)} if review_rejects else {},
                        seconds=time.perf_counter() - started,
                        notes=[f"dataset at {target}: " + ", ".join(f"{s} {stats.rows.get(s, 0)}" for s in cfg.publish.splits)])
+
+
+def _review_rejects(table: pa.Table, decisions: dict) -> list[Rejection]:
+    rejects = []
+    for sample_id, clip_id in zip(table["sample_id"].to_pylist(), table["clip_id"].to_pylist()):
+        outcome = decisions.get(sample_id)
+        if outcome is not None and not outcome.keep:
+            review = json.loads(outcome.review)
+            why = ", ".join(review.get("reasons", [])) or "no reason given"
+            rejects.append(Rejection(stage=STAGE, reason="review_rejected", reasons=["review_rejected"],
+                                     sample_id=sample_id, clip_id=clip_id,
+                                     message=f"sample {sample_id} rejected in review by "
+                                             f"{', '.join(review['annotators'])} ({why})"))
+    return rejects
 
 
 def _finalize_shards(work: Path, writers: dict[str, _SplitWriter]) -> list[ShardInfo]:
