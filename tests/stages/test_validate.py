@@ -128,3 +128,11 @@ def test_schema_errors_are_rejects_not_exceptions(material):
 ])
 def test_final_letter(text, letter):
     assert final_letter(text) == letter
+
+
+def test_a_sample_whose_clip_is_unknown_is_rejected_not_raised(material):
+    cfg, clips, samples = material
+    s = pick(samples, question_type="open_ended")
+    s["clip_id"] = "0" * 16
+    passed, rejects = validate_samples([s], clips, cfg)
+    assert not passed and rejects[0].reason == "ground_truth_mismatch" and "not among" in rejects[0].message

@@ -27,7 +27,7 @@ from cotaforge.teacher.build import build_teacher
 STAGE = "caption"
 STAGE_VERSION = 1
 CAPTION_PLACEHOLDERS = frozenset({
-    "duration", "duration_cap", "duration_word", "loudness", "loudness_word", "peak", "centroid",
+    "duration", "duration_adj", "duration_cap", "duration_word", "loudness", "loudness_word", "peak", "centroid",
     "brightness_word", "pitch_phrase", "texture_phrase", "onsets_phrase", "answer_text",
 })
 
