@@ -42,15 +42,24 @@ def _check(node: Any, allowed: set[str], where: str) -> None:
             _check(value, allowed, f"{where}[{i}]")
 
 
+def _read_versioned(stem: str) -> tuple[Path, dict[str, Any]]:
+    """`prompts/<stem>.yaml`, whose `version` must equal its stem (so a file cannot pose as another version)."""
+    path = prompts_dir() / f"{stem}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"prompt file {path} does not exist; pick a file stem from {prompts_dir()}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict) or data.get("version") != stem:
+        raise ConfigError(f"{path}: 'version' must be {stem!r} (the file's stem)")
+    return path, data
+
+
 @lru_cache(maxsize=32)
 def load_bank(stem: str, allowed: frozenset[str]) -> dict[str, Any]:
     """A YAML bank by file stem, e.g. 'questions.v1'; its `version` must equal the stem."""
-    path = prompts_dir() / f"{stem}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"prompt bank {path} does not exist; pick a file stem from {prompts_dir()}")
-    bank = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(bank, dict) or bank.get("version") != stem:
-        raise ConfigError(f"{path}: 'version' must be {stem!r} (the file's stem)")
+    path, bank = _read_versioned(stem)
     _check(bank, set(allowed), path.name)
     return bank
 
@@ -89,12 +98,7 @@ def load_chat_prompt(stem: str, allowed: frozenset[str]) -> ChatPrompt:
     import jinja2
     from jinja2 import meta
 
-    path = prompts_dir() / f"{stem}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"prompt {path} does not exist; pick a file stem from {prompts_dir()}")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or data.get("version") != stem:
-        raise ConfigError(f"{path}: 'version' must be {stem!r} (the file's stem)")
+    path, data = _read_versioned(stem)
     if not isinstance(data.get("system"), str) or not isinstance(data.get("user"), str):
         raise ConfigError(f"{path}: needs 'system' and 'user' Jinja2 templates")
     env = jinja2.Environment()
