@@ -125,3 +125,16 @@ def test_concurrency_never_exceeds_the_limit(limit):
         return peak
 
     assert asyncio.run(scenario()) == limit
+
+
+def test_requests_failing_together_count_as_one_strike():
+    async def scenario() -> tuple[int, float]:
+        pool = _pool(8)
+        taken = [await pool.acquire() for _ in range(5)]
+        for endpoint in taken:
+            await pool.release(endpoint, reachable=False)
+        endpoint = pool.endpoints[0]
+        return endpoint.strikes, endpoint.rest_until - time.monotonic()
+
+    strikes, rest_s = asyncio.run(scenario())
+    assert strikes == 1 and 0 < rest_s <= 1.0

@@ -75,3 +75,39 @@ def test_per_sample_average_weighs_each_sample_once() -> None:
     per_sample = float((sums / counts).mean())
     assert per_token == pytest.approx(torch.log(torch.tensor(4.0)).item() / 4)
     assert per_sample == pytest.approx(torch.log(torch.tensor(4.0)).item() / 2)
+
+
+def test_lora_trains_adapters_and_projector_and_exports_a_merged_model(digit_dataset: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(digit_dataset, tmp_path, "lora", train={"max_steps": 2, "learning_rate": 1e-2},
+                      lora={"rank": 4, "alpha": 8, "dropout": 0.0},
+                      model={"tiny": tiny_config(digit_dataset, tmp_path).model.tiny.model_dump(),
+                             "freeze_audio_encoder": True})
+    recipe = FinetuneRecipe(cfg)
+    recipe.setup()
+    trainable = {name for name, p in recipe.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name or "multi_modal_projector" in name for name in trainable)
+    assert not any("audio_tower" in name for name in trainable)
+    before = {name: p.detach().clone() for name, p in recipe.model.named_parameters() if "audio_tower" in name}
+    result = recipe.train()
+    recipe.cleanup()
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    merged = Qwen2AudioForConditionalGeneration.from_pretrained(result.final_dir).state_dict()
+    assert not any("lora_" in name for name in merged)
+    for name, weight in before.items():
+        key = name.replace("base_model.model.", "")
+        assert torch.equal(merged[key], weight), key
+
+
+def test_config_errors_say_what_to_change(digit_dataset: Path, tmp_path: Path) -> None:
+    from cotaforge.errors import ConfigError
+    from cotaforge.train.config import load_finetune_config
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(tiny_config(digit_dataset, tmp_path).to_yaml(), encoding="utf-8")
+    with pytest.raises(ConfigError, match="train.learning_rat"):
+        load_finetune_config(path, ["train.learning_rat=0.1"])
+    with pytest.raises(ConfigError, match="exactly one of model.name_or_path and model.tiny"):
+        load_finetune_config(path, ["model.name_or_path=Qwen/Qwen2-Audio-7B-Instruct"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_finetune_config(tmp_path / "missing.yaml")

@@ -12,6 +12,7 @@ backoff and jitter, at most `teacher.retries` times. The library's own retries a
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import random
 import threading
@@ -151,14 +152,20 @@ class Endpoint:
 
 
 class EndpointPool:
-    """Hands out endpoints with free capacity; waits when all are full or resting."""
+    """Hands out endpoints with free capacity; callers wait, first come first served, when all are full.
+
+    One semaphore counts the free slots of all endpoints (cheap with thousands of waiting requests); a caller
+    that gets a slot takes the least loaded endpoint that is not resting, and polls briefly while every
+    endpoint with room is resting.
+    """
 
     def __init__(self, endpoints: list[Endpoint]) -> None:
         self.endpoints = endpoints
-        self._changed = asyncio.Condition()
+        self._slots = asyncio.Semaphore(sum(e.limit for e in endpoints))
 
     async def acquire(self, avoid: Endpoint | None = None) -> Endpoint:
-        async with self._changed:
+        await self._slots.acquire()
+        try:
             while True:
                 now = time.monotonic()
                 ready = [e for e in self.endpoints if e.in_flight < e.limit and e.rest_until <= now]
@@ -168,47 +175,47 @@ class EndpointPool:
                     chosen = min(ready, key=lambda e: (e.in_flight / e.limit, e.latency_s))
                     chosen.in_flight += 1
                     return chosen
-                resting = [e.rest_until - now for e in self.endpoints if e.rest_until > now]
-                try:
-                    await asyncio.wait_for(self._changed.wait(), timeout=min(resting) if resting else None)
-                except TimeoutError:
-                    pass
+                resting = [e.rest_until - now for e in self.endpoints if e.in_flight < e.limit]
+                await asyncio.sleep(min(min(resting, default=0.05), 0.05))
+        except BaseException:
+            self._slots.release()
+            raise
 
     async def release(self, endpoint: Endpoint, latency_s: float | None = None, reachable: bool = True) -> None:
-        async with self._changed:
-            endpoint.in_flight -= 1
-            if latency_s is not None:
-                endpoint.latency_s = latency_s if endpoint.latency_s == 0 else 0.8 * endpoint.latency_s + 0.2 * latency_s
-            if reachable:
-                endpoint.strikes = 0
-            else:
-                endpoint.strikes += 1
-                endpoint.rest_until = time.monotonic() + min(ENDPOINT_REST_MAX_S, 0.5 * 2 ** endpoint.strikes)
-            self._changed.notify_all()
+        endpoint.in_flight -= 1
+        if latency_s is not None:
+            endpoint.latency_s = latency_s if endpoint.latency_s == 0 else 0.8 * endpoint.latency_s + 0.2 * latency_s
+        now = time.monotonic()
+        if reachable:
+            endpoint.strikes = 0
+        elif endpoint.rest_until <= now:  # requests failing together while it rests count as one strike
+            endpoint.strikes += 1
+            endpoint.rest_until = now + min(ENDPOINT_REST_MAX_S, 0.5 * 2 ** endpoint.strikes)
+        self._slots.release()
 
 
 class ChatClient:
     """Sends chat requests to the endpoints with limits, retries and the response cache."""
 
     def __init__(self, settings: ClientSettings) -> None:
-        import httpx
-        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+        from openai import AsyncOpenAI
 
         if not settings.base_urls:
             raise CotaforgeError("the openai teacher needs at least one base URL (--base-url or teacher.base_urls)")
         self.settings = settings
         api_key = os.environ.get(settings.api_key_env) or "EMPTY"  # vLLM and llama.cpp need none by default
-        timeout = httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s)
-        limits = httpx.Limits(max_connections=settings.concurrency_per_endpoint + 8,
-                              max_keepalive_connections=settings.concurrency_per_endpoint + 8)
         self.pool = EndpointPool([
-            Endpoint(url, AsyncOpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=timeout,
-                                      http_client=DefaultAsyncHttpxClient(timeout=timeout, limits=limits)),
-                     settings.concurrency_per_endpoint)
+            Endpoint(url, AsyncOpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=settings.timeout_s,
+                                      http_client=_http_client(settings)), settings.concurrency_per_endpoint)
             for url in settings.base_urls])
         self.rpm = RateLimiter(settings.requests_per_min) if settings.requests_per_min else None
         self.tpm = RateLimiter(settings.tokens_per_min) if settings.tokens_per_min else None
         self.cache = ResponseCache(settings.cache_path) if settings.cache_path else None
+
+    @property
+    def capacity(self) -> int:
+        """Requests that can be in flight at once, over all endpoints."""
+        return sum(endpoint.limit for endpoint in self.pool.endpoints)
 
     async def fetch(self, body: dict[str, Any], prompt_version: str, task: str = "") -> ChatAnswer:
         """The answer to one request body: from the cache, else from an endpoint (then cached at once).
@@ -239,16 +246,22 @@ class ChatClient:
             wait_s: float | None = None
             sends += 1
             try:
-                completion = await endpoint.client.chat.completions.create(**body)
+                # The body goes out as built (it is what the cache key hashes), and the answer is read as plain
+                # JSON: the SDK's typed request transform and response models cost more CPU than the rest.
+                response = await endpoint.client.post("/chat/completions", body=body, cast_to=_RESPONSE_TYPE)
+                completion = response.json()
                 answered = True
             except openai.RateLimitError as exc:
                 failure = TransportFailure("teacher_rate_limited", f"{endpoint.url}: 429 {_short(exc)}", _body(exc))
                 wait_s = retry_after_s(exc.response.headers)
-            except openai.APITimeoutError:
-                failure = TransportFailure("teacher_timeout", f"{endpoint.url}: no answer within {s.timeout_s:g} s")
-            except openai.APIConnectionError as exc:
-                reachable = False
-                failure = TransportFailure("teacher_unreachable", f"{endpoint.url}: {exc.__cause__ or exc}")
+            except openai.APIConnectionError as exc:  # timeouts included (a subclass)
+                if _could_not_connect(exc):
+                    reachable = False
+                    failure = TransportFailure("teacher_unreachable", f"{endpoint.url}: {_root_cause(exc)}")
+                elif isinstance(exc, openai.APITimeoutError):
+                    failure = TransportFailure("teacher_timeout", f"{endpoint.url}: no answer within {s.timeout_s:g} s")
+                else:
+                    failure = TransportFailure("teacher_connection_lost", f"{endpoint.url}: {_root_cause(exc)}")
             except openai.APIStatusError as exc:
                 failure = TransportFailure("teacher_server_error" if exc.status_code >= 500 else "teacher_bad_request",
                                            f"{endpoint.url}: HTTP {exc.status_code} {_short(exc)}", _body(exc))
@@ -264,13 +277,13 @@ class ChatClient:
             latency_s = time.monotonic() - started
             await self.pool.release(endpoint, latency_s if answered else None, reachable)
             if answered:
-                choice = completion.choices[0] if completion.choices else None
-                usage = completion.usage
+                choice = (completion.get("choices") or [{}])[0]
+                usage = completion.get("usage") or {}
                 answer = CachedAnswer(
-                    content=(choice.message.content or "") if choice else "",
-                    finish_reason=(choice.finish_reason or "") if choice else "",
-                    prompt_tokens=usage.prompt_tokens if usage else 0,
-                    completion_tokens=usage.completion_tokens if usage else 0)
+                    content=(choice.get("message") or {}).get("content") or "",
+                    finish_reason=choice.get("finish_reason") or "",
+                    prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                    completion_tokens=int(usage.get("completion_tokens") or 0))
                 if self.tpm:
                     self.tpm.refund(estimate - answer.prompt_tokens - answer.completion_tokens)
                 if self.cache is not None:
@@ -292,6 +305,47 @@ class ChatClient:
         if not coroutines:
             return []
         return _loop().submit(_gather_or_cancel(coroutines)).result()
+
+
+try:  # openai >= 3 ships its own fork of httpx
+    from httpx2 import Limits as _Limits
+    from httpx2 import Response as _RESPONSE_TYPE
+except ImportError:  # pragma: no cover - older openai releases
+    from httpx import Limits as _Limits
+    from httpx import Response as _RESPONSE_TYPE
+
+
+def _http_client(settings: ClientSettings) -> Any:
+    """aiohttp under the SDK when it is installed (much less CPU per request than httpx's pool), else httpx."""
+    import openai
+
+    connections = settings.concurrency_per_endpoint + 8
+    timeout = openai.Timeout(settings.timeout_s, connect=settings.connect_timeout_s)
+    limits = _Limits(max_connections=connections, max_keepalive_connections=connections)
+    try:
+        return openai.DefaultAioHttpClient(timeout=timeout, limits=limits)
+    except (AttributeError, RuntimeError):
+        return openai.DefaultAsyncHttpxClient(timeout=timeout, limits=limits)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return chain
+
+
+def _could_not_connect(exc: BaseException) -> bool:
+    """True when no connection was made (refused, no route, connect timeout): the endpoint is down, not slow.
+    HTTP transports report this differently (aiohttp's comes through as a connect timeout), so look at causes."""
+    return any(isinstance(c, (ConnectionRefusedError, ConnectionAbortedError)) or
+               type(c).__name__ in ("ConnectError", "ConnectTimeout", "ClientConnectorError")
+               for c in _causes(exc))
+
+
+def _root_cause(exc: BaseException) -> str:
+    return str(_causes(exc)[-1])[:300]
 
 
 def _short(exc: Exception) -> str:
@@ -337,7 +391,23 @@ def _loop() -> _LoopThread:
     with _LOCK:
         if _LOOP is None:
             _LOOP = _LoopThread()
+            atexit.register(_close_clients)
         return _LOOP
+
+
+def _close_clients() -> None:
+    """Close every client's connections before the interpreter exits (aiohttp warns about open sessions)."""
+    if _LOOP is None:
+        return
+    closing = [endpoint.client.close() for client in _CLIENTS.values() for endpoint in client.pool.endpoints]
+
+    async def close_all() -> None:
+        await asyncio.gather(*closing, return_exceptions=True)
+
+    try:
+        _LOOP.submit(close_all()).result(timeout=5)
+    except Exception:  # noqa: BLE001 - best effort at exit
+        pass
 
 
 def shared_client(settings: ClientSettings) -> ChatClient:

@@ -21,6 +21,7 @@ import re
 import wave
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -48,16 +49,34 @@ MIN_WINDOW_S = 1.0  # a tail shorter than this joins the previous window instead
 
 @dataclass
 class Call:
-    """One thing to ask the teacher: rendered messages, the model its answer must fit, an extra check."""
+    """One thing to ask the teacher: its prompt, the model its answer must fit, an extra check.
+
+    The messages are rendered when first needed, on the engine's thread, so the first requests of a large
+    batch go out while later ones are still to be rendered.
+    """
 
     task: str  # caption, question, cot or judge: accounting and cache bookkeeping
     item_id: str
-    messages: list[dict[str, Any]]
+    prompt: ChatPrompt
+    values: dict[str, Any]
     output: type[BaseModel]
     schema: dict[str, Any]
-    prompt_version: str
-    seed: int
+    base_seed: int
     check: Callable[[Any], str | None] | None = None  # a reason when a valid answer still does not fit
+
+    @property
+    def prompt_version(self) -> str:
+        return self.prompt.stem
+
+    @cached_property
+    def messages(self) -> list[dict[str, Any]]:
+        system, user = self.prompt.render(schema=schema_instruction(self.schema), **self.values)
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+    @cached_property
+    def seed(self) -> int:
+        """A seed per item: reproducible answers, and varied ones across items; attempt k adds k."""
+        return int(stable_hash([self.base_seed, self.task, self.item_id], length=8), 16) % 2**31
 
 
 @dataclass
@@ -130,7 +149,9 @@ class Engine(Protocol):
 
 
 class OpenAIEngine:
-    """Every job runs as its own coroutine on the shared client: a slow answer delays only its own job."""
+    """Workers on the shared client's loop take jobs one at a time: a slow answer delays only its own job, and
+    there are only about twice as many workers as request slots, so a batch of thousands does not first spend
+    its time preparing requests that must wait anyway."""
 
     def __init__(self, client: Any) -> None:
         self.client = client
@@ -147,7 +168,13 @@ class OpenAIEngine:
                 on_answer(job, answer)
                 job.take(answer)
 
-        self.client.run([drive(job) for job in jobs])
+        queue = iter(jobs)  # shared by the workers; taking the next job never awaits, so no lock is needed
+
+        async def worker() -> None:
+            for job in queue:
+                await drive(job)
+
+        self.client.run([worker() for _ in range(min(len(jobs), 2 * self.client.capacity + 8))])
 
 
 def fact_lines(facts: dict) -> list[str]:
@@ -367,11 +394,7 @@ class LLMTeacher(Teacher):
 
     def _call(self, task: str, item_id: str, prompt: ChatPrompt, output: type[BaseModel], schema: dict, seed: int,
               check: Callable[[Any], str | None] | None, **values: Any) -> Call:
-        system, user = prompt.render(schema=schema_instruction(schema), **values)
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-        # A seed per item: reproducible answers, and varied ones across items; attempt k adds k.
-        item_seed = int(stable_hash([seed, task, item_id], length=8), 16) % 2**31
-        return Call(task, item_id, messages, output, schema, prompt.stem, item_seed, check)
+        return Call(task, item_id, prompt, values, output, schema, seed, check)
 
     def _solve(self, calls: list[Call]) -> list[BaseModel | TeacherFailure]:
         jobs = [Job(call, self.settings) for call in calls]

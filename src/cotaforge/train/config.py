@@ -114,6 +114,9 @@ class TrainSection(_Section):
     batch_size: int = Field(default=8, ge=1, le=4096, description="samples per micro-batch per process")
     grad_accum_steps: int = Field(default=1, ge=1, le=1024)
     learning_rate: float = Field(default=1e-4, gt=0, le=1)
+    audio_lr_scale: float = Field(
+        default=1.0, gt=0, le=100, description="learning-rate multiplier for the audio encoder and projector"
+    )
     weight_decay: float = Field(default=0.0, ge=0, le=1)
     warmup_steps: int = Field(default=0, ge=0)
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"

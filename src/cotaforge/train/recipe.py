@@ -71,6 +71,10 @@ def _resume_fingerprint(cfg: FinetuneConfig) -> dict[str, Any]:
     return data
 
 
+def _is_audio_path(parameter_name: str) -> bool:
+    return "audio_tower" in parameter_name or "multi_modal_projector" in parameter_name
+
+
 def answer_loss_terms(logits: Any, labels: Any) -> tuple[Any, Any]:
     """Per-sample summed cross-entropy over answer tokens, and the answer token counts (next-token shift)."""
     import torch
@@ -138,8 +142,12 @@ class FinetuneRecipe:
             augment=cfg.data.augment.enabled, rank=self.accelerator.process_index,
             world_size=self.accelerator.num_processes,
         )
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
+        # A from-scratch or newly joined audio path can learn faster than the language model (LLaVA-style).
+        audio = [p for n, p in model.named_parameters() if p.requires_grad and _is_audio_path(n)]
+        text = [p for n, p in model.named_parameters() if p.requires_grad and not _is_audio_path(n)]
+        groups = [{"params": text, "lr": cfg.train.learning_rate},
+                  {"params": audio, "lr": cfg.train.learning_rate * cfg.train.audio_lr_scale}]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.train.weight_decay)
         scheduler = get_scheduler(cfg.train.lr_schedule if cfg.train.lr_schedule != "constant"
                                   else "constant_with_warmup", optimizer,
                                   num_warmup_steps=cfg.train.warmup_steps, num_training_steps=cfg.train.max_steps)
