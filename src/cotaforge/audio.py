@@ -64,7 +64,10 @@ def decode_audio(path: Path) -> DecodedAudio:
             declared_frames = handle.frames
             sample_rate = handle.samplerate
             channels = handle.channels
-            data = handle.read(dtype="float32", always_2d=True)
+            # Integer PCM is read as integers and scaled here: libsndfile's own conversion to float is
+            # the slowest step of decoding.
+            read_as, full_scale = _INTEGER_READS.get(handle.subtype, ("float32", 1.0))
+            data = handle.read(dtype=read_as, always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise AudioDecodeError("decode_failed", f"{path} could not be decoded as audio ({exc}); "
                                                 "check it is a WAV, FLAC, OGG or MP3 file") from exc
@@ -74,13 +77,26 @@ def decode_audio(path: Path) -> DecodedAudio:
                                                  "file holds; re-export or re-download it")
     if len(data) == 0:
         raise AudioDecodeError("file_empty", f"{path} holds no audio frames; replace it with the real recording")
-    mono = data.mean(axis=1, dtype=np.float32) if channels > 1 else data[:, 0]
+    mono = _downmix(data, full_scale)
     if not np.all(np.isfinite(mono)):
         raise AudioDecodeError("decode_failed", f"{path} decodes to NaN or infinite samples; re-export it")
     clipping_ratio = float(np.count_nonzero(np.abs(mono) >= CLIP_LEVEL)) / len(mono)
     if sample_rate != SAMPLE_RATE_HZ:
         mono = soxr.resample(mono, sample_rate, SAMPLE_RATE_HZ, quality="HQ").astype(np.float32, copy=False)
     return DecodedAudio(np.ascontiguousarray(mono, dtype=np.float32), sample_rate, channels, clipping_ratio)
+
+
+_INTEGER_READS = {"PCM_S8": ("int16", 32768.0), "PCM_U8": ("int16", 32768.0), "PCM_16": ("int16", 32768.0),
+                  "PCM_24": ("int32", 2.0**31), "PCM_32": ("int32", 2.0**31)}
+
+
+def _downmix(data: np.ndarray, full_scale: float) -> np.ndarray:
+    """Average of the channels as float32 in [-1, 1]. Column sums are many times faster than `mean(axis=1)`."""
+    mono = data[:, 0].astype(np.float32)
+    for channel in range(1, data.shape[1]):
+        mono += data[:, channel]
+    mono *= np.float32(1.0 / (data.shape[1] * full_scale))
+    return mono
 
 
 def _wav_data_sizes(path: Path) -> tuple[int, int]:
