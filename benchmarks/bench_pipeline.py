@@ -89,14 +89,14 @@ def bench_ingest(clips: int) -> dict:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def build_base_run(out: Path):
+def build_base_run(out: Path, batch_size: int = 256):
     """A real run of the example clips up to expand (the template teacher)."""
     from cotaforge.config import load_config
     from cotaforge.stages.caption import run_caption
     from cotaforge.stages.expand import run_expand
     from cotaforge.stages.ingest import run_ingest
 
-    cfg = load_config(None, [f"run.out_dir={out}", "run.name=base", "run.batch_size=64"],
+    cfg = load_config(None, [f"run.out_dir={out}", "run.name=base", f"run.batch_size={batch_size}"],
                       inputs__manifests=[EXAMPLES / "digits" / "manifest.csv", EXAMPLES / "drums" / "manifest.csv"],
                       inputs__group_by="speaker")
     run, _ = run_ingest(cfg)
@@ -165,6 +165,7 @@ def downstream_child(config_json: str) -> None:
         t0 = time.perf_counter()
         reports[name] = function(run, cfg)
         timings[f"{name}_s"] = time.perf_counter() - t0
+        timings[f"{name}_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     wall = time.perf_counter() - started
     samples = reports["validate"].rows_in
     print(json.dumps({
@@ -211,7 +212,8 @@ def main() -> None:
         for r in bench_downstream(args.samples):
             print(f"  {r['samples']:>7} samples: {r['samples_per_s']:7.0f} samples/s  (validate {r['validate_s']:.1f} s, "
                   f"balance {r['balance_s']:.1f} s, publish {r['publish_s']:.1f} s; cpu {r['cpu_s']:.1f} s)  "
-                  f"peak RSS {r['peak_rss_mb']:.0f} MB   (target >= 5000 samples/s, flat memory)")
+                  f"peak RSS {r['peak_rss_mb']:.0f} MB (after validate {r['validate_peak_rss_mb']:.0f}, balance "
+                  f"{r['balance_peak_rss_mb']:.0f})   (target >= 5000 samples/s, flat memory)")
 
 
 if __name__ == "__main__":

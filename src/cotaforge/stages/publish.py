@@ -34,7 +34,7 @@ from cotaforge.config import RunConfig, stable_hash
 from cotaforge.cot import option_letter
 from cotaforge.models import (SAMPLE_RATE_HZ, SCHEMA_VERSION, SYSTEM_PROMPT, Rejection, ShardInfo, ShardManifest,
                               StageReport)
-from cotaforge.store import SAMPLE_SCHEMA, RunDir, fingerprint, write_rejects
+from cotaforge.store import SAMPLE_SCHEMA, RunDir, dictionary_columns, fingerprint, write_rejects
 
 STAGE = "publish"
 STAGE_VERSION = 1
@@ -108,7 +108,8 @@ class _SplitWriter:
         while offset < table.num_rows:
             if self.writer is None:
                 self.path = self.folder / f"{self.split}-{len(self.closed):05d}.parquet"
-                self.writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
+                self.writer = pq.ParquetWriter(self.path, self.schema, compression="zstd",
+                                               use_dictionary=dictionary_columns(self.schema))
             take = min(self.shard_rows - self.rows_in_shard, table.num_rows - offset)
             self.writer.write_table(table.slice(offset, take), row_group_size=max(take, 1))
             offset += take
