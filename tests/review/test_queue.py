@@ -91,3 +91,19 @@ def test_a_stale_claim_is_freed_for_others(run: RunDir) -> None:
     with store.engine.begin() as conn:
         conn.execute(sa.update(claims).values(claimed_at="2000-01-01T00:00:00.000000Z"))
     assert next_sample(samples, store, bo, only) == held[0]
+
+
+def test_losing_many_claim_races_is_not_an_empty_queue(run: RunDir, monkeypatch) -> None:
+    samples, store, (ana, *_) = _setup(run)
+    real_claim = store.try_claim
+    lost = []
+
+    def contended(sample_id, *args, **kwargs):
+        if len(lost) < 20:  # other annotators win the first twenty races
+            lost.append(sample_id)
+            return False
+        return real_claim(sample_id, *args, **kwargs)
+
+    monkeypatch.setattr(store, "try_claim", contended)
+    sample_id = next_sample(samples, store, ana)
+    assert sample_id is not None and sample_id not in lost and len(lost) == 20

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from cotaforge.review.db import ReviewStore, now_iso
 from cotaforge.review.samples import Entry, RunSamples
 
-_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
@@ -82,11 +81,12 @@ def next_sample(samples: RunSamples, store: ReviewStore, annotator_id: int,
                 resume.append(entry)
     if resume:  # a sample served before and not yet decided comes back first
         return min(resume, key=lambda e: e.rank).sample_id
-    for _ in range(_ATTEMPTS):
+    # Annotators asking at once compute the same best sample and race for it; a loser marks it taken and
+    # tries the next, so the loop ends (at worst when nothing is left) and never reports a false "empty".
+    while True:
         entry = choose_next(samples, taken, mine, served_per_cell, queue_filter)
         if entry is None:
             return None
         if store.try_claim(entry.sample_id, annotator_id, samples.target(entry), stale_before):
             return entry.sample_id
         taken[entry.sample_id] = samples.target(entry)  # another annotator took the last slot meanwhile
-    return None
