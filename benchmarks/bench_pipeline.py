@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]

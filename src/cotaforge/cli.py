@@ -202,6 +202,14 @@ for _stage, _doc in (
     _stage_command(_stage, f"flows.{_stage}", f"{_stage}_flow", _doc)
 
 
+# Fine-tuning commands: their module imports torch lazily, so the CLI starts fast without the train extra.
+from cotaforge.train.cli import evaluate as _evaluate_command  # noqa: E402
+from cotaforge.train.cli import finetune as _finetune_command  # noqa: E402
+
+app.command("finetune")(_finetune_command)
+app.command("evaluate")(_evaluate_command)
+
+
 @app.command()
 def inspect(dataset: Annotated[Path, typer.Argument(help="a published dataset version folder")],
             samples: Annotated[int, typer.Option(help="sample rows to show")] = 2) -> None:

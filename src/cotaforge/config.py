@@ -268,7 +268,8 @@ def stable_hash(value: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `section.key` in a nested mapping, creating sections as needed."""
     keys = dotted.split(".")
     node = data
     for key in keys[:-1]:
@@ -279,6 +280,33 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A config file's top-level mapping; ConfigError naming the file when it is missing or malformed."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return loaded or {}
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> None:
+    """`--set section.key=value` items (values parsed as YAML) applied to a config mapping."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: use KEY=VALUE, e.g. --set section.key=40")
+        key, raw = item.split("=", 1)
+        set_dotted(data, key.strip(), yaml.safe_load(raw) if raw else "")
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """A pydantic error as 'section.key: message; ...'."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+
+
 def load_config(path: Path | None = None, overrides: list[str] | None = None, **flags: Any) -> RunConfig:
     """Load a run config from YAML (or defaults), then apply `--set key=value` overrides and CLI flags.
 
@@ -286,31 +314,18 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None, **
     """
     data: dict[str, Any] = {}
     if path is not None:
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections (run, inputs, ...)")
-        data = loaded or {}
+        data = read_yaml_mapping(path)
         # Relative manifest paths in a config file are relative to the file, like in a manifest.
         manifests = data.get("inputs", {}).get("manifests") if isinstance(data.get("inputs"), dict) else None
         if isinstance(manifests, list):
             data["inputs"]["manifests"] = [str((path.parent / m).resolve()) if not Path(str(m)).is_absolute() else m
                                            for m in manifests]
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: use KEY=VALUE, e.g. --set balance.per_cell=40")
-        key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw else "")
+    apply_overrides(data, overrides)
     for dotted, value in flags.items():
         if value is not None and value != []:
-            _set_dotted(data, dotted.replace("__", "."), value)
+            set_dotted(data, dotted.replace("__", "."), value)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
         where = f" in {path}" if path else ""
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid config{where}: {problems}") from exc
+        raise ConfigError(f"invalid config{where}: {validation_problems(exc)}") from exc

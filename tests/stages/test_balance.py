@@ -1,9 +1,8 @@
 import json
 from collections import Counter
 
-import pytest
 
-from cotaforge.stages.balance import plan_balance, run_balance, water_fill
+from cotaforge.stages.balance import water_fill
 
 from ..conftest import make_config, read_stage, run_stages
 

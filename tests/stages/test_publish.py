@@ -7,7 +7,7 @@ import pytest
 
 from cotaforge.stages.publish import assign_splits, dataset_dir, push_to_hub
 
-from ..conftest import make_config, read_stage, run_stages
+from ..conftest import make_config, run_stages
 
 
 def shard_rows(folder):

@@ -2,7 +2,6 @@ import copy
 
 import pytest
 
-from cotaforge.config import RunConfig
 from cotaforge.cot import render_assistant_text
 from cotaforge.models import COT_STAGES
 from cotaforge.stages.validate import final_letter, validate_samples

@@ -1,47 +1,35 @@
 """Write small published datasets (Parquet shards in the publish layout) of spoken digits for the train tests.
 
-The audio is real: FSDD clips from shared/data/fsdd-mini (CC BY-SA 4.0), resampled to 16 kHz. The CoT
-text follows the template teacher's shape: every stage present, the multiple-choice response ending with
-the letter. Splits are by speaker, like the demo dataset.
+The audio is real: the FSDD clips of examples/digits (CC BY-SA 4.0, see its README), decoded and resampled
+to 16 kHz as ingest does. The CoT text is short but has the published shape: every stage present, rendered
+by `cotaforge.cot`, the multiple-choice response ending with the letter. Splits are by speaker, like the demo.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
-from math import gcd
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import soundfile as sf
-from scipy.signal import resample_poly
 
+from cotaforge.audio import decode_audio, to_pcm16, wav_bytes
+from cotaforge.cot import render_assistant_text
 from cotaforge.models import SAMPLE_RATE_HZ, Sample, TeacherInfo
 from cotaforge.train.config import FinetuneConfig
 from cotaforge.train.data import LETTERS
 
-FSDD_DIR = Path("/work/shared/data/fsdd-mini")
+FSDD_DIR = Path(__file__).resolve().parents[2] / "examples" / "digits"
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
 def _wav_16k(path: Path) -> tuple[bytes, float]:
-    samples, rate_hz = sf.read(path, dtype="float32")
-    divisor = gcd(SAMPLE_RATE_HZ, rate_hz)
-    resampled = resample_poly(samples, SAMPLE_RATE_HZ // divisor, rate_hz // divisor)
-    pcm16 = (np.clip(resampled, -1, 1) * 32767).round().astype("<i2")
-    buffer = io.BytesIO()
-    sf.write(buffer, pcm16, SAMPLE_RATE_HZ, format="WAV", subtype="PCM_16")
-    return buffer.getvalue(), len(pcm16) / SAMPLE_RATE_HZ
-
-
-def _assistant_text(planning: str, caption: str, reasoning: str, summary: str, response: str) -> str:
-    return (f"<THINK><PLANNING>{planning}</PLANNING><CAPTION>{caption}</CAPTION><REASONING>{reasoning}"
-            f"</REASONING><SUMMARY>{summary}</SUMMARY></THINK><RESPONSE>{response}</RESPONSE>")
+    pcm16 = to_pcm16(decode_audio(path).samples)
+    return wav_bytes(pcm16), len(pcm16) / SAMPLE_RATE_HZ
 
 
 def digit_samples(row: dict[str, str], rng: np.random.Generator, question_types: tuple[str, ...]) -> list[dict]:
@@ -87,7 +75,8 @@ def digit_samples(row: dict[str, str], rng: np.random.Generator, question_types:
             question_type=question_type, prompt_style="concise", target="class", target_value=word,
             asked_value=asked, question=question, options=options, answer=answer, planning=planning,
             caption=caption, reasoning=reasoning, summary=summary, response=response,
-            assistant_text=_assistant_text(planning, caption, reasoning, summary, response),
+            assistant_text=render_assistant_text({"planning": planning, "caption": caption, "reasoning": reasoning,
+                                                  "summary": summary, "response": response}),
             teacher=TeacherInfo(backend="template", model="template", prompt_versions=["test.v1"]),
         )
         samples.append(sample.model_dump())
@@ -133,7 +122,8 @@ def write_digit_dataset(dataset_dir: Path, splits: dict[str, list[str]], digits:
     return dataset_dir
 
 
-def tiny_config(dataset_dir: Path, output_dir: Path, run_name: str = "tiny", **sections: dict[str, Any]) -> FinetuneConfig:
+def tiny_config(dataset_dir: Path, output_dir: Path, run_name: str = "tiny",
+                **sections: dict[str, Any]) -> FinetuneConfig:
     """A tiny-model config that trains in seconds; `sections` update the defaults section by section."""
     data: dict[str, Any] = {
         "run_name": run_name,

@@ -58,6 +58,29 @@ def test_swapping_options_rewrites_every_mention_after_planning() -> None:
     assert swap_options(text, options, chosen=1, candidate=1) == text
 
 
+def test_option_scoring_rewrites_the_reference_for_each_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from cotaforge.train.evaluate import EvalItem, Evaluator
+
+    reference = ("<THINK><PLANNING>A (three), B (seven), C (one), D (zero).</PLANNING><CAPTION>He says seven."
+                 "</CAPTION><REASONING>So option B.</REASONING><SUMMARY>B, seven.</SUMMARY></THINK>"
+                 "<RESPONSE>The answer is B</RESPONSE>")
+    item = EvalItem("q", np.zeros(1600, dtype=np.float32), "Which digit?", ["three", "seven", "one", "zero"],
+                    "multiple_choice", "B", "seven", "test", reference=reference)
+    scored: list[str] = []
+
+    def fake_log_likelihoods(self: Evaluator, item: EvalItem, answers: list[str]) -> list[float]:
+        scored.extend(answers)
+        return [1.0 if "He says one." in answer else 0.0 for answer in answers]
+
+    monkeypatch.setattr(Evaluator, "answer_log_likelihoods", fake_log_likelihoods)
+    evaluator = Evaluator.__new__(Evaluator)
+    assert evaluator.score_options(item, output="anything the model wrote") == ("C", "option_likelihood")
+    assert scored[1] == reference and scored[2].endswith("<SUMMARY>C, one.</SUMMARY></THINK><RESPONSE>The answer "
+                                                          "is C</RESPONSE>")
+
+
 @pytest.mark.parametrize("scoring", ["generate", "options"])
 def test_evaluation_reports_by_split_type_and_class(trained_run: Path, digit_dataset: Path, tmp_path: Path,
                                                    scoring: str) -> None:
@@ -120,7 +143,8 @@ def test_cli_finetune_and_evaluate(digit_dataset: Path, tmp_path: Path) -> None:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_prefect_flow_trains_and_evaluates(digit_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prefect_flow_trains_and_evaluates(digit_dataset: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
     from flows.finetune import finetune_flow

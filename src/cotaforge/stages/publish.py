@@ -408,7 +408,7 @@ def dataset_card(cfg: RunConfig, manifest: ShardManifest, stats: _Stats, run: Ru
         "",
         "```python",
         "from datasets import load_dataset",
-        f'ds = load_dataset("parquet", data_dir="{{path to this folder}}/data")',
+        'ds = load_dataset("parquet", data_dir="{path to this folder}/data")',
         "```",
         "",
         "## Splits",

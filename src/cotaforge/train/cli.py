@@ -18,6 +18,7 @@ def _fail(exc: ValueError) -> typer.Exit:
 
 def _log_to_stderr() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file is too much
 
 
 def finetune(
@@ -59,8 +60,8 @@ def evaluate(
     if scoring not in ("generate", "options"):
         raise _fail(ValueError(f"--scoring {scoring!r}: use 'generate' or 'options'"))
     try:
-        report = evaluate_model(model, data, split, scoring, max_new_tokens, batch_size, max_rows,  # type: ignore[arg-type]
-                                question_type or None, out)
+        report = evaluate_model(model, data, split, scoring,  # type: ignore[arg-type]
+                                max_new_tokens, batch_size, max_rows, question_type or None, out)
     except ValueError as exc:
         raise _fail(exc) from exc
     typer.echo(report.to_markdown())

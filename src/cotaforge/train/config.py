@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cotaforge.config import apply_overrides, read_yaml_mapping, validation_problems
 from cotaforge.errors import ConfigError
 
 
@@ -114,9 +115,6 @@ class TrainSection(_Section):
     batch_size: int = Field(default=8, ge=1, le=4096, description="samples per micro-batch per process")
     grad_accum_steps: int = Field(default=1, ge=1, le=1024)
     learning_rate: float = Field(default=1e-4, gt=0, le=1)
-    audio_lr_scale: float = Field(
-        default=1.0, gt=0, le=100, description="learning-rate multiplier for the audio encoder and projector"
-    )
     weight_decay: float = Field(default=0.0, ge=0, le=1)
     warmup_steps: int = Field(default=0, ge=0)
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
@@ -168,31 +166,13 @@ class FinetuneConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    node = data
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: {part!r} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
 def load_finetune_config(path: Path, overrides: list[str] | None = None) -> FinetuneConfig:
     """Read a fine-tuning YAML file and apply `key=value` overrides; raise ConfigError saying what is wrong."""
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; see configs/finetune/ for examples")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: use KEY=VALUE, e.g. --set train.max_steps=50")
-        key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw else None)
+    data = read_yaml_mapping(path)
+    apply_overrides(data, overrides)
     try:
         return FinetuneConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid fine-tuning config {path}: {problems}") from exc
+        raise ConfigError(f"invalid fine-tuning config {path}: {validation_problems(exc)}") from exc

@@ -1,8 +1,8 @@
 """From published Parquet shards to model inputs: prompt rendering, streaming, length buckets, collation.
 
-A training epoch reads the split's shards in a seeded order and cuts the row stream into pools of
-`pool_rows` rows. Each pool is encoded, shuffled, sorted by length into micro-batches (so padding stays
-small), and the batches are shuffled. Everything is a function of (seed, epoch, pool), so a
+A training epoch reads the split's Parquet row groups (across all shards) in a seeded order and cuts the
+row stream into pools of `pool_rows` rows. Each pool is encoded, shuffled, sorted by length into
+micro-batches (so padding stays small), and the batches are shuffled. Everything is a function of (seed, epoch, pool), so a
 `DataPosition` (epoch, pool, batch) is enough to resume exactly where a run stopped.
 """
 
@@ -220,8 +220,12 @@ class BucketedBatches:
         self.augment = augment
         self.rank = rank
         self.world_size = world_size
-        self.shard_rows = [pq.ParquetFile(path).metadata.num_rows for path in self.shards]
-        self.total_rows = sum(self.shard_rows)
+        # The unit of order is a Parquet row group: each epoch reads them in a seeded order, so pools mix
+        # rows from all over the split even when a shard keeps its rows grouped (by class, say).
+        self.row_groups = [(shard, group, metadata.row_group(group).num_rows)
+                           for shard, metadata in enumerate(pq.ParquetFile(path).metadata for path in self.shards)
+                           for group in range(metadata.num_row_groups)]
+        self.total_rows = sum(rows for _, _, rows in self.row_groups)
         if self.total_rows == 0:
             raise ValueError(f"the shards {self.shards[:2]}... hold no rows; publish a non-empty train split")
         self.pools_per_epoch = -(-self.total_rows // pool_rows)
@@ -229,29 +233,22 @@ class BucketedBatches:
         self.counts = StreamCounts()
         self._cached: tuple[int, int, list[list[EncodedSample]]] | None = None
 
-    def _shard_order(self, epoch: int) -> list[int]:
-        return [int(i) for i in np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))]
-
     def _read_pool_rows(self, epoch: int, pool: int) -> list[tuple[int, dict[str, Any]]]:
-        """(row number in the epoch's stream, row) for the pool's rows, reading only the shards it spans."""
+        """(row number in the epoch's stream, row) for the pool's rows, reading only the row groups it spans."""
         start = pool * self.pool_rows
         stop = min(start + self.pool_rows, self.total_rows)
         rows: list[tuple[int, dict[str, Any]]] = []
         offset = 0
-        for shard_index in self._shard_order(epoch):
-            shard_start, shard_stop = offset, offset + self.shard_rows[shard_index]
-            offset = shard_stop
-            if shard_stop <= start or shard_start >= stop:
-                continue
-            local = shard_start
-            for batch in pq.ParquetFile(self.shards[shard_index]).iter_batches(batch_size=256, columns=TRAIN_COLUMNS):
-                if local + batch.num_rows > start and local < stop:
-                    first, last = max(start - local, 0), min(stop - local, batch.num_rows)
-                    for index, row in enumerate(batch.slice(first, last - first).to_pylist()):
-                        rows.append((local + first + index, row))
-                local += batch.num_rows
-                if local >= stop:
-                    break
+        for index in np.random.default_rng([self.seed, epoch]).permutation(len(self.row_groups)):
+            shard, group, count = self.row_groups[int(index)]
+            first, last = max(start - offset, 0), min(stop - offset, count)
+            if first < last:
+                table = pq.ParquetFile(self.shards[shard]).read_row_group(group, columns=TRAIN_COLUMNS)
+                chosen = table.slice(first, last - first).to_pylist()
+                rows.extend((offset + first + i, row) for i, row in enumerate(chosen))
+            offset += count
+            if offset >= stop:
+                break
         return rows
 
     def _pool_batches(self, epoch: int, pool: int) -> list[list[EncodedSample]]:

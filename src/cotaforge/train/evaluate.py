@@ -4,12 +4,15 @@ Each question is answered by greedy generation; the final answer is read by `par
 (rules in its docstring) and scored against the reference. Results are grouped by split, question type
 and class, beside chance, with the share of outputs whose CoT format is compliant.
 
-With `scoring="options"`, multiple-choice questions are decided by log-likelihood: the option the
-model's own answer chose is exchanged with each other option (letter and text together, in every stage
-after PLANNING, which may list the options in prompt order), and the option whose rewritten answer the
-model finds most likely wins. The comparison covers every place the answer is named, so a model that
-writes a wrong word but ranks the right option second can still be right; the model's reasoning is used,
-never the reference's, so nothing of the reference answer leaks in.
+With `scoring="options"`, multiple-choice questions are decided by log-likelihood instead of by the
+generated letter. A published row carries a reference answer; for each option, the correct option is
+exchanged with it (letter and text together, in every stage after PLANNING, which lists the options in
+prompt order), and the option whose rewritten answer the model finds most likely wins. Every candidate is
+the same text but for the option it names, so the model must tell them apart by the audio (and by the
+measured facts the reference states). The table's "audio control" column repeats the scoring with
+another question's audio: accuracy above it comes from listening, accuracy down to it from the text. A
+benchmark question without a reference uses the model's own answer as the text to rewrite, which favours
+the option it generated.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,7 +44,7 @@ from cotaforge.train.parsing import check_format, is_correct, is_letter_mention,
 logger = logging.getLogger(__name__)
 
 EVAL_COLUMNS = ["sample_id", "audio", "question", "options", "question_type", "answer", "class_label", "target",
-                "split", "source_dataset"]
+                "split", "source_dataset", "assistant_text"]
 Scoring = Literal["generate", "options"]
 
 
@@ -59,6 +62,7 @@ class EvalItem:
     split: str
     target: str = "class"
     source: str = "-"
+    reference: str = ""
 
 
 @dataclass
@@ -76,6 +80,7 @@ class ItemResult:
     format_ok: bool
     chance: float | None
     output: str
+    control_correct: bool | None = None
 
 
 @dataclass
@@ -87,6 +92,7 @@ class GroupScore:
     chance: float | None
     format_compliance: float
     unparsed: int
+    audio_control: float | None = None
 
 
 @dataclass
@@ -102,11 +108,12 @@ class EvalReport:
         """The evaluation table, one row per (group, value), accuracy beside chance."""
         lines = [f"Model `{self.model}` on `{self.data}` (scoring: {self.scoring}, {len(self.items)} questions, "
                  f"{self.seconds:.0f} s).", "",
-                 "| group | value | n | accuracy | chance | format ok | unparsed |",
-                 "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+                 "| group | value | n | accuracy | chance | audio control | format ok | unparsed |",
+                 "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for row in self.rows:
             chance = "-" if row.chance is None else f"{row.chance:.1%}"
-            lines.append(f"| {row.group} | {row.value} | {row.n} | {row.accuracy:.1%} | {chance} | "
+            control = "-" if row.audio_control is None else f"{row.audio_control:.1%}"
+            lines.append(f"| {row.group} | {row.value} | {row.n} | {row.accuracy:.1%} | {chance} | {control} | "
                          f"{row.format_compliance:.1%} | {row.unparsed} |")
         return "\n".join(lines) + "\n"
 
@@ -128,7 +135,7 @@ def dataset_items(dataset_dir: Path, splits: Sequence[str], max_rows: int | None
                 break
             yield EvalItem(row["sample_id"], decode_wav(row["audio"]["bytes"]), row["question"], row["options"] or [],
                            row["question_type"], row["answer"], row["class_label"], row["split"] or split,
-                           row["target"], row["source_dataset"])
+                           row["target"], row["source_dataset"], row["assistant_text"])
 
 
 def mmau_items(path: Path, max_rows: int | None = None) -> Iterator[EvalItem]:
@@ -201,11 +208,10 @@ def swap_options(text: str, options: Sequence[str], chosen: int, candidate: int)
 class Evaluator:
     """Answers questions with a loaded model: greedy generation, and option scoring by log-likelihood."""
 
-    def __init__(self, model: Any, processor: Any, max_new_tokens: int, batch_size: int) -> None:
+    def __init__(self, model: Any, processor: Any, max_new_tokens: int) -> None:
         self.model = model
         self.processor = processor
         self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size
         # Prompts only: no answer length limit applies when encoding them.
         self.encoder = SampleEncoder(processor, max_tokens=10**9)
         self.pad_id = processor.tokenizer.pad_token_id
@@ -248,14 +254,28 @@ class Evaluator:
         return [-float(value) for value in sums]
 
     def score_options(self, item: EvalItem, output: str) -> tuple[str | None, str]:
-        """The option whose answer-swapped version of `output` is most likely (see the module docstring)."""
-        parsed = parse_answer(output, item.question_type, item.options)
-        if parsed.value is None:
-            return None, parsed.rule
-        chosen = LETTERS.index(parsed.value)
-        candidates = [swap_options(output, item.options, chosen, index) for index in range(len(item.options))]
+        """The option whose rewritten answer is most likely (see the module docstring)."""
+        if item.reference:
+            base, named = item.reference, item.answer
+        else:
+            parsed = parse_answer(output, item.question_type, item.options)
+            if parsed.value is None:
+                return None, parsed.rule
+            base, named = output, parsed.value
+        chosen = LETTERS.index(named)
+        candidates = [swap_options(base, item.options, chosen, index) for index in range(len(item.options))]
         scores = self.answer_log_likelihoods(item, candidates)
         return LETTERS[int(np.argmax(scores))], "option_likelihood"
+
+
+def _other_audio(items: Sequence[EvalItem], index: int) -> np.ndarray | None:
+    """The audio of the next item in `items` (cyclically) whose clip differs from item `index`'s."""
+    own = items[index].samples
+    for step in range(1, len(items)):
+        candidate = items[(index + step) % len(items)].samples
+        if candidate.shape != own.shape or not np.array_equal(candidate, own):
+            return candidate
+    return None
 
 
 def _group_rows(items: Sequence[ItemResult]) -> list[GroupScore]:
@@ -271,9 +291,11 @@ def _group_rows(items: Sequence[ItemResult]) -> list[GroupScore]:
     for (group, value), members in groups.items():
         chances = [m.chance for m in members]
         chance = float(np.mean(chances)) if all(c is not None for c in chances) else None
+        controls = [m.control_correct for m in members]
+        control = float(np.mean(controls)) if all(c is not None for c in controls) else None
         rows.append(GroupScore(group, value, len(members), float(np.mean([m.correct for m in members])), chance,
                                float(np.mean([m.format_ok for m in members])),
-                               sum(m.prediction is None for m in members)))
+                               sum(m.prediction is None for m in members), control))
     order = {"all": 0, "split": 1, "split/type": 2, "split/source/type/target": 3, "split/type/class": 4}
     return sorted(rows, key=lambda row: (order[row.group], row.value))
 
@@ -293,22 +315,28 @@ def evaluate_model(model_ref: str, data: str, splits: Sequence[str] = ("test",),
     if model is None or processor is None:
         model, processor = load_for_inference(model_ref, "cuda" if torch.cuda.is_available() else "cpu")
     model.eval()
-    evaluator = Evaluator(model, processor, max_new_tokens, batch_size)
+    evaluator = Evaluator(model, processor, max_new_tokens)
     started = time.perf_counter()
     results: list[ItemResult] = []
     pending: list[EvalItem] = []
 
     def flush() -> None:
-        for item, output in zip(pending, evaluator.generate(pending)):
+        for index, (item, output) in enumerate(zip(pending, evaluator.generate(pending))):
             parsed = parse_answer(output, item.question_type, item.options)
             prediction, rule = parsed.value, parsed.rule
+            control = None
             if scoring == "options" and item.question_type == "multiple_choice":
                 prediction, rule = evaluator.score_options(item, output)
-            correct = is_correct(prediction, item.question_type, item.answer)
+                other = _other_audio(pending, index)
+                if other is not None:
+                    # The same scoring with another clip's audio: what is left is not listening.
+                    control_prediction, _ = evaluator.score_options(replace(item, samples=other), output)
+                    control = is_correct(control_prediction, item.question_type, item.answer)
             results.append(ItemResult(item.item_id, item.split, item.source, item.question_type, item.class_label,
-                                      item.target,
-                                      item.answer, prediction, rule, correct, check_format(output).compliant,
-                                      _chance(item.question_type, item.options), output))
+                                      item.target, item.answer, prediction, rule,
+                                      is_correct(prediction, item.question_type, item.answer),
+                                      check_format(output).compliant, _chance(item.question_type, item.options),
+                                      output, control))
         logger.info("evaluated %d questions (%.0f s)", len(results), time.perf_counter() - started)
         pending.clear()
 

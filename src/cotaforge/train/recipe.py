@@ -31,6 +31,8 @@ from cotaforge.train.data import (
     DataPosition,
     EncodedSample,
     SampleEncoder,
+    StreamCounts,
+    augment_waveform,
     collate,
     decode_wav,
     iter_rows,
@@ -69,10 +71,6 @@ def _resume_fingerprint(cfg: FinetuneConfig) -> dict[str, Any]:
     data = cfg.model_dump(mode="json", include={"model", "lora", "data", "train"})
     data["train"] = {k: v for k, v in data["train"].items() if k not in RESUME_FREE_TRAIN_KEYS}
     return data
-
-
-def _is_audio_path(parameter_name: str) -> bool:
-    return "audio_tower" in parameter_name or "multi_modal_projector" in parameter_name
 
 
 def answer_loss_terms(logits: Any, labels: Any) -> tuple[Any, Any]:
@@ -142,12 +140,8 @@ class FinetuneRecipe:
             augment=cfg.data.augment.enabled, rank=self.accelerator.process_index,
             world_size=self.accelerator.num_processes,
         )
-        # A from-scratch or newly joined audio path can learn faster than the language model (LLaVA-style).
-        audio = [p for n, p in model.named_parameters() if p.requires_grad and _is_audio_path(n)]
-        text = [p for n, p in model.named_parameters() if p.requires_grad and not _is_audio_path(n)]
-        groups = [{"params": text, "lr": cfg.train.learning_rate},
-                  {"params": audio, "lr": cfg.train.learning_rate * cfg.train.audio_lr_scale}]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.train.weight_decay)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
         scheduler = get_scheduler(cfg.train.lr_schedule if cfg.train.lr_schedule != "constant"
                                   else "constant_with_warmup", optimizer,
                                   num_warmup_steps=cfg.train.warmup_steps, num_training_steps=cfg.train.max_steps)
@@ -162,8 +156,6 @@ class FinetuneRecipe:
             return None
         samples = decode_wav(row["audio"]["bytes"])
         if rng is not None:
-            from cotaforge.train.data import augment_waveform
-
             samples = augment_waveform(samples, self.cfg.data.augment, rng)
         encoded = self.encoder.encode(samples, render_user_text(row["question"], row["options"] or []),
                                       row["assistant_text"])
@@ -177,10 +169,10 @@ class FinetuneRecipe:
         return done[-1].parent if done else None
 
     def _check_resumable(self, checkpoint: Path) -> None:
-        state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
-        if state["fingerprint"] != _resume_fingerprint(self.cfg):
-            changed = sorted(k for k in state["fingerprint"] if state["fingerprint"][k] !=
-                             _resume_fingerprint(self.cfg)[k])
+        saved = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))["fingerprint"]
+        current = _resume_fingerprint(self.cfg)
+        if saved != current:
+            changed = sorted(key for key in current if saved.get(key) != current[key])
             raise ValueError(
                 f"{self.run_dir} was trained with a different config (sections {changed} differ); "
                 "resuming would not reproduce the run: use a new run_name or delete the run folder"
@@ -192,6 +184,7 @@ class FinetuneRecipe:
         self.step = state["step"]
         self.seconds = state["seconds"]
         self.batches.position = DataPosition.from_dict(state["data_position"])
+        self.batches.counts = StreamCounts(**state["counts"])
         self._truncate_metrics(self.step)
         logger.info("resumed from %s at step %d", checkpoint, self.step)
 
