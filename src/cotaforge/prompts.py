@@ -11,8 +11,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
 
+from cotaforge.config import read_yaml_mapping
 from cotaforge.errors import ConfigError
 
 
@@ -47,11 +47,8 @@ def _read_versioned(stem: str) -> tuple[Path, dict[str, Any]]:
     path = prompts_dir() / f"{stem}.yaml"
     if not path.is_file():
         raise ConfigError(f"prompt file {path} does not exist; pick a file stem from {prompts_dir()}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict) or data.get("version") != stem:
+    data = read_yaml_mapping(path)
+    if data.get("version") != stem:
         raise ConfigError(f"{path}: 'version' must be {stem!r} (the file's stem)")
     return path, data
 

@@ -296,21 +296,20 @@ def create_app(run_root: Path, db_url: str | None = None, cfg: RunConfig | None 
                               note=note.strip(), revision=shown, edit_fields=stored_fields(revised))
         return go_next(annotator, queue_filter)
 
-    @app.get("/audio/{clip_id}.wav")
-    def audio(request: Request, clip_id: str) -> Response:
+    def clip_file(request: Request, clip_id: str, render, media_type: str) -> Response:
+        """Audio and spectrograms are looked up by a clip id of this run, never by a path from the request."""
         signed_in(request)
         if not CLIP_ID.fullmatch(clip_id) or clip_id not in samples.clip_batch:
             raise NotFound("no such clip in this run")
-        return Response(samples.audio_wav(clip_id), media_type="audio/wav",
-                        headers={"Cache-Control": "private, max-age=3600"})
+        return Response(render(clip_id), media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/audio/{clip_id}.wav")
+    def audio(request: Request, clip_id: str) -> Response:
+        return clip_file(request, clip_id, samples.audio_wav, "audio/wav")
 
     @app.get("/spectrogram/{clip_id}.png")
     def spectrogram(request: Request, clip_id: str) -> Response:
-        signed_in(request)
-        if not CLIP_ID.fullmatch(clip_id) or clip_id not in samples.clip_batch:
-            raise NotFound("no such clip in this run")
-        return Response(samples.spectrogram_png(clip_id), media_type="image/png",
-                        headers={"Cache-Control": "private, max-age=3600"})
+        return clip_file(request, clip_id, samples.spectrogram_png, "image/png")
 
     @app.get("/progress", response_class=HTMLResponse)
     def progress(request: Request) -> HTMLResponse:
