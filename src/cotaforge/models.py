@@ -183,6 +183,14 @@ EXPORTED_MODELS: dict[str, type[BaseModel]] = {
 }
 
 
+def count_reasons(rejects: list[Rejection]) -> dict[str, int]:
+    """Rejected rows by reason code, as a StageReport holds them."""
+    counts: dict[str, int] = {}
+    for reject in rejects:
+        counts[reject.reason] = counts.get(reject.reason, 0) + 1
+    return counts
+
+
 def merge_reports(stage: str, reports: list[StageReport]) -> StageReport:
     """Sum per-batch reports of one stage into one."""
     total = StageReport(stage=stage)

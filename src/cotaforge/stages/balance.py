@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from cotaforge import progress
 from cotaforge.config import RunConfig, stable_hash
-from cotaforge.models import Rejection, StageReport
+from cotaforge.models import Rejection, StageReport, merge_reports
 from cotaforge.store import RunDir, fingerprint, write_text_atomic
 
 STAGE = "balance"
@@ -188,8 +188,6 @@ def balance_summary(plan: dict) -> list[str]:
 
 
 def run_balance(run: RunDir, cfg: RunConfig) -> StageReport:
-    from cotaforge.models import merge_reports
-
     plan = plan_balance(run, cfg)
     report = merge_reports(STAGE, [balance_batch(run, cfg, b, plan) for b in range(run.batch_count())])
     report.notes = balance_summary(plan)

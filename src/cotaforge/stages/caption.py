@@ -17,7 +17,7 @@ import pyarrow as pa
 from cotaforge import progress
 from cotaforge.config import RunConfig, stable_hash
 from cotaforge.describe import display_label, fact_phrases
-from cotaforge.models import Rejection, StageReport, TeacherUsage
+from cotaforge.models import Rejection, StageReport, TeacherUsage, count_reasons, merge_reports
 from cotaforge.prompts import load_bank, prompt_fingerprint
 from cotaforge.stages.ingest import load_run_stats, read_clips
 from cotaforge.store import CAPTION_SCHEMA, RunDir, fingerprint
@@ -104,9 +104,7 @@ def caption_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
     else:
         rows, rejects = llm_captions(clips, fields, cfg, teacher)
     progress.advance(STAGE, len(clips))
-    rejected: dict[str, int] = {}
-    for reject in rejects:
-        rejected[reject.reason] = rejected.get(reject.reason, 0) + 1
+    rejected = count_reasons(rejects)
     report = StageReport(stage=STAGE, rows_in=len(clips), rows_out=len(rows), rejected=rejected, parts_done=1,
                          seconds=time.perf_counter() - started, teacher=teacher.usage if teacher else TeacherUsage())
     run.write_part(STAGE, batch, pa.Table.from_pylist(rows, schema=CAPTION_SCHEMA), fp, rejects, report)
@@ -147,6 +145,4 @@ def llm_captions(clips: list[dict], fields: dict[str, list[str]], cfg: RunConfig
 
 
 def run_caption(run: RunDir, cfg: RunConfig) -> StageReport:
-    from cotaforge.models import merge_reports
-
     return merge_reports(STAGE, [caption_batch(run, cfg, b) for b in range(run.batch_count())])

@@ -24,7 +24,7 @@ from cotaforge import progress
 from cotaforge.config import LLM_PROMPT_STYLE, RunConfig, stable_hash
 from cotaforge.cot import option_letter, render_assistant_text
 from cotaforge.describe import display_label, format_seconds
-from cotaforge.models import SCHEMA_VERSION, Rejection, StageReport, TeacherInfo
+from cotaforge.models import SCHEMA_VERSION, Rejection, StageReport, TeacherInfo, count_reasons, merge_reports
 from cotaforge.prompts import load_bank, prompt_fingerprint
 from cotaforge.stages.caption import grounding_fields
 from cotaforge.stages.ingest import load_run_stats, read_clips
@@ -261,9 +261,7 @@ def expand_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
         else:
             rows.append(_sample_row(item, result.model_dump(), teacher))
     progress.advance(STAGE, len(clips))
-    rejected: dict[str, int] = {}
-    for reject in rejects:
-        rejected[reject.reason] = rejected.get(reject.reason, 0) + 1
+    rejected = count_reasons(rejects)
     report = StageReport(stage=STAGE, rows_in=len(clips), rows_out=len(rows), rejected=rejected, parts_done=1,
                          seconds=time.perf_counter() - started, teacher=teacher.usage)
     run.write_part(STAGE, batch, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), fp, rejects, report)
@@ -271,6 +269,4 @@ def expand_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
 
 
 def run_expand(run: RunDir, cfg: RunConfig) -> StageReport:
-    from cotaforge.models import merge_reports
-
     return merge_reports(STAGE, [expand_batch(run, cfg, b) for b in range(run.batch_count())])

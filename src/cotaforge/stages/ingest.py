@@ -24,7 +24,7 @@ from cotaforge import progress
 from cotaforge.audio import AudioDecodeError, acoustic_facts, content_hash, decode_audio, to_pcm16, wav_bytes
 from cotaforge.config import RunConfig, stable_hash
 from cotaforge.manifest import ManifestRow, frame_to_rows, read_manifests, rows_to_frame
-from cotaforge.models import Rejection, StageReport, merge_reports
+from cotaforge.models import Rejection, StageReport, merge_reports, count_reasons
 from cotaforge.store import CLIP_SCHEMA, RunDir, fingerprint, json_dumps, write_rejects, write_table_atomic, write_text_atomic
 
 STAGE = "ingest"
@@ -159,9 +159,7 @@ def ingest_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
 
 
 def _report(rows_in: int, rows_out: int, rejects: list[Rejection], started: float) -> StageReport:
-    rejected: dict[str, int] = {}
-    for reject in rejects:
-        rejected[reject.reason] = rejected.get(reject.reason, 0) + 1
+    rejected = count_reasons(rejects)
     return StageReport(stage=STAGE, rows_in=rows_in, rows_out=rows_out, rejected=rejected, parts_done=1,
                        seconds=time.perf_counter() - started)
 

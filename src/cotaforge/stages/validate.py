@@ -25,7 +25,7 @@ from cotaforge import progress
 from cotaforge.config import RunConfig
 from cotaforge.cot import option_letter, parse_assistant_text, render_user_text
 from cotaforge.describe import display_label
-from cotaforge.models import COT_STAGES, Rejection, Sample, StageReport
+from cotaforge.models import COT_STAGES, Rejection, Sample, StageReport, count_reasons, merge_reports
 from cotaforge.stages.ingest import load_run_stats, read_clips
 from cotaforge.store import SAMPLE_SCHEMA, RunDir, fingerprint, json_dumps
 from cotaforge.teacher.base import JudgeRequest, Teacher, TeacherFailure
@@ -307,9 +307,7 @@ def validate_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
         passed, judged = judge_samples(passed, captions, clips, cfg, teacher)
         rejects += judged
     progress.advance(STAGE, len(samples))
-    rejected: dict[str, int] = {}
-    for reject in rejects:
-        rejected[reject.reason] = rejected.get(reject.reason, 0) + 1
+    rejected = count_reasons(rejects)
     report = StageReport(stage=STAGE, rows_in=len(samples), rows_out=len(passed), rejected=rejected, parts_done=1,
                          seconds=time.perf_counter() - started)
     if teacher is not None:
@@ -319,6 +317,4 @@ def validate_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
 
 
 def run_validate(run: RunDir, cfg: RunConfig) -> StageReport:
-    from cotaforge.models import merge_reports
-
     return merge_reports(STAGE, [validate_batch(run, cfg, b) for b in range(run.batch_count())])
