@@ -33,6 +33,7 @@ class Seen:
     fault: str | None
     received_at: float
     answered_at: float | None = None  # when a 200 answer was written
+    authorization: str | None = None  # the Authorization header, to check how the key was sent
 
 
 @dataclass
@@ -166,7 +167,8 @@ class _Handler(BaseHTTPRequestHandler):
             state.counts[key] = seen_before + 1
         request = Request(body, key, seen_before, int(body.get("seed", 0)), task_of(body))
         fault = state.fault(request) if state.fault else None
-        entry = Seen(key, body if state.record_bodies else {}, fault, time.time())
+        entry = Seen(key, body if state.record_bodies else {}, fault, time.time(),
+                     authorization=self.headers.get("Authorization"))
         with state.lock:
             state.log.append(entry)
         if state.latency_s:

@@ -58,7 +58,7 @@ def test_rate_limiter_refund_returns_an_overestimate():
 
 
 def _pool(*limits: int) -> EndpointPool:
-    return EndpointPool([Endpoint(f"http://e{i}", None, limit) for i, limit in enumerate(limits)])
+    return EndpointPool([Endpoint(f"http://e{i}", limit) for i, limit in enumerate(limits)])
 
 
 def test_requests_spread_across_endpoints_by_free_capacity():
