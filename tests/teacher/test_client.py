@@ -9,7 +9,7 @@ import time
 import pytest
 
 from cotaforge.teacher.client import (AUDIO_PART_TOKENS, Endpoint, EndpointPool, RateLimiter, backoff_delay_s,
-                                      estimate_tokens, retry_after_s)
+                                      estimate_tokens, proxy_for, retry_after_s)
 
 
 def test_backoff_grows_exponentially_with_jitter_and_a_ceiling():
@@ -138,3 +138,17 @@ def test_requests_failing_together_count_as_one_strike():
 
     strikes, rest_s = asyncio.run(scenario())
     assert strikes == 1 and 0 < rest_s <= 1.0
+
+
+def test_endpoints_use_the_proxy_the_environment_names_except_for_no_proxy_hosts(monkeypatch):
+    for name in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert proxy_for("http://gpu1:8000/v1") is None
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("HTTPS_PROXY", "http://secure-proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1,.cluster.local")
+    assert proxy_for("http://gpu1:8000/v1") == "http://proxy.internal:3128"
+    assert proxy_for("https://api.example.com/v1") == "http://secure-proxy.internal:3128"
+    assert proxy_for("http://127.0.0.1:8000/v1") is None
+    assert proxy_for("http://vllm-0.cluster.local:8000/v1") is None
+    assert Endpoint("http://gpu1:8000/v1", 4).proxy == "http://proxy.internal:3128"

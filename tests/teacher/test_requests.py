@@ -13,7 +13,7 @@ import pytest
 
 from cotaforge.config import load_config
 from cotaforge.errors import ConfigError
-from cotaforge.teacher.base import CaptionRequest, CaptionText, QuestionDraft, QuestionRequest
+from cotaforge.teacher.base import CaptionRequest, CaptionText, CotStages, QuestionDraft, QuestionRequest
 from cotaforge.teacher.build import build_teacher
 from cotaforge.teacher.llm import question_problem, split_wav
 from tests.teacher.conftest import FACTS, cot_request, teacher_config
@@ -191,3 +191,14 @@ def test_no_authorization_header_without_a_key(tmp_path, fake_server, monkeypatc
     server = fake_server()
     build_teacher(teacher_config(tmp_path, [server.url]), "expand").write_cots([cot_request(0)])
     assert server.log[0].authorization is None
+
+
+def test_requests_go_through_the_proxy_the_environment_names(tmp_path, fake_server, monkeypatch):
+    """The fake server stands in for an HTTP proxy: it answers the absolute URL a client sends to a proxy."""
+    server = fake_server()
+    for name in ("http_proxy", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", server.url.removesuffix("/v1"))
+    teacher = build_teacher(teacher_config(tmp_path, ["http://teacher.invalid:8000/v1"]), "expand")
+    assert isinstance(teacher.write_cots([cot_request(0)])[0], CotStages)
+    assert len(server.log) == 1

@@ -211,7 +211,13 @@ def _teacher_reject(item: Planned, failure: TeacherFailure) -> Rejection:
                      clip_id=item.clip["clip_id"], sample_id=item.request.sample_id)
 
 
-def _sample_row(item: Planned, stages: dict[str, str], teacher: Teacher) -> dict:
+def _teacher_info(teacher: Teacher) -> dict:
+    """The `teacher` column: the same for every sample of a batch."""
+    return TeacherInfo(backend=teacher.backend, model=teacher.model, prompt_versions=teacher.prompt_versions(),
+                       parameters=json_dumps(teacher.parameters())).model_dump()
+
+
+def _sample_row(item: Planned, stages: dict[str, str], teacher_info: dict) -> dict:
     clip, req = item.clip, item.request
     return {
         "sample_id": req.sample_id, "clip_id": clip["clip_id"], "group_id": clip["group_id"],
@@ -221,9 +227,7 @@ def _sample_row(item: Planned, stages: dict[str, str], teacher: Teacher) -> dict
         "prompt_style": item.prompt_style, "target": item.target, "target_value": item.target_value,
         "asked_value": req.asked_value, "question": req.question, "options": req.options, "answer": req.answer,
         **stages, "assistant_text": render_assistant_text(stages),
-        "teacher": TeacherInfo(backend=teacher.backend, model=teacher.model,
-                               prompt_versions=[teacher_bank for teacher_bank in teacher.prompt_versions()],
-                               parameters=json_dumps(teacher.parameters())).model_dump(),
+        "teacher": teacher_info,
         "validation": json_dumps({"grounding": req.grounding}) if req.grounding else "{}",
         "review": "", "split": "", "schema_version": SCHEMA_VERSION,
     }
@@ -254,12 +258,12 @@ def expand_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
     planned, question_failures = write_llm_questions(planned, teacher)
     rejects = [_teacher_reject(item, failure) for item, failure in question_failures]
     results = teacher.write_cots([item.request for item in planned])
-    rows = []
+    rows, teacher_info = [], _teacher_info(teacher)
     for item, result in zip(planned, results):
         if isinstance(result, TeacherFailure):
             rejects.append(_teacher_reject(item, result))
         else:
-            rows.append(_sample_row(item, result.model_dump(), teacher))
+            rows.append(_sample_row(item, result.model_dump(), teacher_info))
     progress.advance(STAGE, len(clips))
     rejected = count_reasons(rejects)
     report = StageReport(stage=STAGE, rows_in=len(clips), rows_out=len(rows), rejected=rejected, parts_done=1,
