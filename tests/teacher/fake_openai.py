@@ -2,9 +2,10 @@
 
 Answers are deterministic functions of the request, and they pass cotaforge's validation: the server reads
 the correct answer and the rules from cotaforge's prompts, the way a good teacher would. Faults (per
-request, chosen by `fault(request) -> name | None`): `429` (with Retry-After), `500`, `timeout` (closes the
-connection after `hang_s`), `drop` (closes the connection), `malformed` (not JSON), `invalid` (JSON that misses
-fields), `length` (cut off, finish_reason length).
+request, chosen by `fault(request) -> name | None`): `429` (with Retry-After), `500`, `400` (the request refused,
+as vLLM refuses a prompt longer than its context), `html` (a 200 whose body is a proxy's HTML page), `timeout`
+(closes the connection after `hang_s`), `drop` (closes the connection), `malformed` (not JSON), `invalid` (JSON
+that misses fields), `length` (cut off, finish_reason length).
 
 Run alone (benchmarks): `python -m tests.teacher.fake_openai --port 8011 --latency-ms 200`.
 """
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-FAULTS = ("429", "500", "timeout", "drop", "malformed", "invalid", "length")
+FAULTS = ("429", "500", "400", "html", "timeout", "drop", "malformed", "invalid", "length")
 
 
 @dataclass
@@ -179,6 +180,18 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault == "500":
             self._send(500, {"error": {"message": "engine crashed", "type": "server_error"}})
+            return
+        if fault == "400":
+            self._send(400, {"object": "error", "message": "This model's maximum context length is 4096 tokens.",
+                             "type": "BadRequestError", "code": 400})
+            return
+        if fault == "html":
+            page = b"<html><body>502 Bad Gateway</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
             return
         if fault == "drop":
             self.close_connection = True

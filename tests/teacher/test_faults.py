@@ -85,6 +85,23 @@ def test_server_errors_that_persist_become_rejects_after_bounded_retries(tmp_pat
     assert len(server.log) == 8
 
 
+def test_a_request_the_server_refuses_is_rejected_without_resending(tmp_path, fake_server):
+    server = fake_server(fault=lambda request: "400" if "take 0." in request.body["messages"][1]["content"] else None)
+    teacher, results = _run(tmp_path, [server.url], 3)
+    refused, *others = results
+    assert isinstance(refused, TeacherFailure) and refused.reason == "teacher_bad_request"
+    assert "maximum context length" in refused.message and "maximum context length" in refused.raw
+    assert all(isinstance(r, CotStages) for r in others)
+    assert [seen.fault for seen in server.log].count("400") == 1  # resending it could not help
+
+
+def test_a_200_that_is_not_json_is_retried(tmp_path, fake_server):
+    server = fake_server(fault=once_per_prompt("html"))
+    teacher, results = _run(tmp_path, [server.url], 2)
+    assert all(isinstance(r, CotStages) for r in results)
+    assert len(server.log) == 4 and teacher.usage.retries == 2
+
+
 def test_plain_json_mode_repairs_once(tmp_path, fake_server):
     server = fake_server(fault=once_per_prompt("malformed"))
     teacher, results = _run(tmp_path, [server.url], 2, "teacher.structured_output=json")

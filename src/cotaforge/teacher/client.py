@@ -343,11 +343,13 @@ class ChatClient:
 
 
 def _error_message(payload: bytes) -> str:
-    """The error message an OpenAI-compatible server put in its JSON error body, else the body's start."""
+    """The message of a JSON error body (OpenAI's `{"error": {"message"}}` or vLLM's top-level `message`),
+    else the body's start."""
     text = payload[:4000].decode("utf-8", errors="replace")
     try:
-        error = json.loads(text).get("error")
-        message = error.get("message") if isinstance(error, dict) else error
+        data = json.loads(text)
+        error = data.get("error")
+        message = error.get("message") if isinstance(error, dict) else error or data.get("message")
     except (ValueError, AttributeError):
         message = None
     return str(message or text.strip() or "no body")[:300]
@@ -356,14 +358,14 @@ def _error_message(payload: bytes) -> str:
 def _read_answer(url: str, status: int, payload: bytes) -> tuple[dict[str, Any] | None, TransportFailure | None]:
     """(completion, None) for a usable 200, else (None, the failure): 429 rate limited, 5xx (and 408/409) server
     errors to retry, other 4xx the request's own fault. Error bodies are kept (4000 characters) for the reject row."""
-    if status == 200:
+    if 200 <= status < 300:
         try:
             completion = json.loads(payload)
         except ValueError:
             completion = None
         if isinstance(completion, dict):
             return completion, None
-        return None, TransportFailure("teacher_server_error", f"{url}: HTTP 200 with a body that is not a JSON object",
+        return None, TransportFailure("teacher_server_error", f"{url}: HTTP {status} with a body that is not a JSON object",
                                       payload[:4000].decode("utf-8", errors="replace"))
     raw = payload[:4000].decode("utf-8", errors="replace")
     message = f"{url}: HTTP {status} {_error_message(payload)}"
