@@ -182,7 +182,9 @@ class Endpoint:
     async def post(self, body: dict[str, Any]) -> tuple[int, float | None, bytes]:
         """POST one chat request: (HTTP status, Retry-After seconds or None, response body)."""
         if self.session is None:
-            connector = aiohttp.TCPConnector(limit=self.limit + 8, limit_per_host=0)
+            # Idle connections close after 4 s, before vLLM's server (uvicorn, 5 s keep-alive) closes them under a
+            # request just sent on one.
+            connector = aiohttp.TCPConnector(limit=self.limit + 8, limit_per_host=0, keepalive_timeout=4)
             self.session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
         async with self.session.post(self.chat_url, data=json.dumps(body).encode(), headers=self.headers,
                                      proxy=self.proxy) as response:
