@@ -300,9 +300,8 @@ class ChatClient:
                 completion, failure = _read_answer(endpoint.url, status, payload)
                 if status in (401, 403, 404):
                     await self.pool.release(endpoint)
-                    raise TeacherUnavailable(
-                        f"{endpoint.url} answered HTTP {status} ({_error_message(payload)}): check teacher.model "
-                        f"(the served model's name) and the API key in ${s.api_key_env}")
+                    raise TeacherUnavailable(f"{failure.message}: check teacher.model (the served model's name) "
+                                             f"and the API key in ${s.api_key_env}")
                 if failure is not None and failure.reason == "teacher_bad_request":
                     await self.pool.release(endpoint)
                     failure.sends = sends
@@ -344,21 +343,20 @@ class ChatClient:
         return _loop().submit(_gather_or_cancel(coroutines)).result()
 
 
-def _error_message(payload: bytes) -> str:
+def _error_message(raw: str) -> str:
     """The message of a JSON error body (OpenAI's `{"error": {"message"}}` or vLLM's top-level `message`),
     else the body's start."""
-    text = payload[:4000].decode("utf-8", errors="replace")
     try:
-        data = json.loads(text)
+        data = json.loads(raw)
         error = data.get("error")
         message = error.get("message") if isinstance(error, dict) else error or data.get("message")
     except (ValueError, AttributeError):
         message = None
-    return str(message or text.strip() or "no body")[:300]
+    return str(message or raw.strip() or "no body")[:300]
 
 
 def _read_answer(url: str, status: int, payload: bytes) -> tuple[dict[str, Any] | None, TransportFailure | None]:
-    """(completion, None) for a usable 200, else (None, the failure): 429 rate limited, 5xx (and 408/409) server
+    """(completion, None) for a usable 2xx, else (None, the failure): 429 rate limited, 5xx (and 408/409) server
     errors to retry, other 4xx the request's own fault. Error bodies are kept (4000 characters) for the reject row."""
     if 200 <= status < 300:
         try:
@@ -367,10 +365,11 @@ def _read_answer(url: str, status: int, payload: bytes) -> tuple[dict[str, Any] 
             completion = None
         if isinstance(completion, dict):
             return completion, None
-        return None, TransportFailure("teacher_server_error", f"{url}: HTTP {status} with a body that is not a JSON object",
-                                      payload[:4000].decode("utf-8", errors="replace"))
     raw = payload[:4000].decode("utf-8", errors="replace")
-    message = f"{url}: HTTP {status} {_error_message(payload)}"
+    if 200 <= status < 300:
+        return None, TransportFailure("teacher_server_error", f"{url}: HTTP {status} with a body that is not a JSON "
+                                                              "object", raw)
+    message = f"{url}: HTTP {status} {_error_message(raw)}"
     if status == 429:
         return None, TransportFailure("teacher_rate_limited", message, raw)
     if status >= 500 or status in (408, 409):
