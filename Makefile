@@ -20,6 +20,10 @@ $(VENV)/.core-installed: pyproject.toml | $(BIN)/python
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[train,dev]'
+	# label-studio-sdk's task and annotation models check the Label Studio export. Its image and NLP dependencies
+	# (opencv, nltk) would downgrade numpy, so it goes in without them, with the few its models import.
+	$(BIN)/pip install --quiet --no-deps 'label-studio-sdk==2.1.2'
+	$(BIN)/pip install --quiet appdirs 'jsf>=0.11.2,<0.12' 'pyjwt>=2.13,<2.14' 'lxml>=6.1' 'ujson>=5.8' 'xmljson==0.2.1'
 	# System packages the review tests use: a headless browser and a PostgreSQL server they start themselves.
 	# Without root (no apt-get), those tests skip themselves and say why.
 	(command -v chromium >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1) || \

@@ -11,10 +11,10 @@ from prefect import flow, task, unmapped
 
 from cotaforge import progress
 from cotaforge.config import RunConfig
-from cotaforge.models import StageReport, merge_reports
+from cotaforge.models import StageReport
 from cotaforge.stages import balance
 from cotaforge.store import RunDir
-from flows.common import TASK_OPTIONS, load, run_from_argv
+from flows.common import TASK_OPTIONS, collect, load, run_from_argv
 
 
 @task(name="balance-plan", **TASK_OPTIONS)
@@ -35,7 +35,7 @@ def balance_flow(cfg: dict) -> StageReport:
     plan = plan_task(cfg)
     futures = balance_batch_task.map(unmapped(str(run.root)), unmapped(cfg), list(range(run.batch_count())),
                                      unmapped(plan))
-    report = merge_reports(balance.STAGE, [f.result() for f in futures])
+    report = collect(balance.STAGE, futures)
     report.notes = balance.balance_summary(plan)
     return report
 

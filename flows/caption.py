@@ -10,7 +10,7 @@ from prefect import flow
 from cotaforge import progress
 from cotaforge.models import StageReport
 from cotaforge.stages import caption
-from cotaforge.stages.ingest import load_run_stats
+from cotaforge.stages.ingest import clip_count
 from flows.common import batch_task, load, map_batches, run_from_argv
 
 caption_batch_task = batch_task("caption-batch", caption.caption_batch)
@@ -19,7 +19,7 @@ caption_batch_task = batch_task("caption-batch", caption.caption_batch)
 @flow(name="cotaforge-caption")
 def caption_flow(cfg: dict) -> StageReport:
     _, run = load(cfg)
-    progress.start(caption.STAGE, load_run_stats(run)["clips"])
+    progress.start(caption.STAGE, clip_count(run))
     return map_batches(caption.STAGE, caption_batch_task, cfg)
 
 

@@ -10,7 +10,7 @@ from prefect import flow
 from cotaforge import progress
 from cotaforge.models import StageReport
 from cotaforge.stages import expand
-from cotaforge.stages.ingest import load_run_stats
+from cotaforge.stages.ingest import clip_count
 from flows.common import batch_task, load, map_batches, run_from_argv
 
 expand_batch_task = batch_task("expand-batch", expand.expand_batch)
@@ -19,7 +19,7 @@ expand_batch_task = batch_task("expand-batch", expand.expand_batch)
 @flow(name="cotaforge-expand")
 def expand_flow(cfg: dict) -> StageReport:
     _, run = load(cfg)
-    progress.start(expand.STAGE, load_run_stats(run)["clips"])
+    progress.start(expand.STAGE, clip_count(run))
     return map_batches(expand.STAGE, expand_batch_task, cfg)
 
 

@@ -14,10 +14,11 @@ pytestmark = pytest.mark.integration
 def test_pipeline_flow_end_to_end_and_resume(tmp_path, prefect_harness, digits_manifest, drums_manifest):
     from flows.pipeline import pipeline_flow
 
-    cfg = make_config(tmp_path / "out", [digits_manifest, drums_manifest])
+    cfg = make_config(tmp_path / "out", [digits_manifest, drums_manifest], "compose.scenes=12")
     reports = pipeline_flow(cfg.to_dict())
-    assert [r.stage for r in reports] == ["ingest", "caption", "expand", "validate", "balance", "publish"]
+    assert [r.stage for r in reports] == ["ingest", "compose", "caption", "expand", "validate", "balance", "publish"]
     assert reports[0].parts_done == 5 and reports[-1].rows_out > 0
+    assert reports[1].rows_in == 12 and reports[2].rows_in == reports[0].rows_out + reports[1].rows_out
     report_md = (cfg.run.out_dir / "runs" / "test" / "report.md").read_text()
     assert "| publish |" in report_md
     manifest = json.loads((dataset_dir(cfg) / "manifest.json").read_text())

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cotaforge.config import RunConfig, load_config
+from cotaforge.console import console, fail
 from cotaforge.errors import CotaforgeError
 from cotaforge.models import StageReport
 
@@ -25,20 +26,34 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Make staged chain-of-thought QA corpora from labeled audio.")
 schemas_app = typer.Typer(no_args_is_help=True, help="JSON Schemas of cotaforge's records.")
 app.add_typer(schemas_app, name="schemas")
-review_app = typer.Typer(no_args_is_help=True,
-                         help="Review samples in the browser; `cotaforge publish` applies the decisions.")
-app.add_typer(review_app, name="review")
-console = Console(stderr=True)
 
 ConfigArg = Annotated[Optional[Path], typer.Argument(help="run config YAML; optional when --manifest is given")]
 ManifestOpt = Annotated[Optional[list[Path]], typer.Option("--manifest", "-m", help="CSV/JSONL/Parquet manifest or label folder; repeatable")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="output root (runs/ and datasets/ go here)")]
 NameOpt = Annotated[Optional[str], typer.Option("--name", help="run name (default: the manifests' folder names)")]
-GroupOpt = Annotated[Optional[str], typer.Option("--group-by", help="manifest column that groups rows for splitting")]
+GroupOpt = Annotated[Optional[str], typer.Option("--group-by", "--group-column",
+                                                  help="manifest column that groups rows for splitting")]
+PresetOpt = Annotated[Optional[str], typer.Option(
+    "--preset", help="corpus layout: esc50, urbansound8k, fsd50k, audioset, audiofolder, strong-tsv "
+                     "(default: detected from the manifest's header)")]
+PathColumnOpt = Annotated[Optional[str], typer.Option("--path-column", help="column with the audio path (default path)")]
+PathTemplateOpt = Annotated[Optional[str], typer.Option(
+    "--path-template", help="audio path built from columns, e.g. 'audio/fold{fold}/{slice_file_name}'")]
+LabelColumnOpt = Annotated[Optional[str], typer.Option("--label-column", help="column with the label(s) (default label)")]
+LabelSepOpt = Annotated[Optional[str], typer.Option("--label-sep", help="separator of several labels in a cell (default ;)")]
+LabelNamesOpt = Annotated[Optional[Path], typer.Option("--label-names", help="CSV table from label id to display name")]
+IdColumnOpt = Annotated[Optional[str], typer.Option("--id-column", help="column with the clip's own id (default id)")]
+AudioRootOpt = Annotated[Optional[Path], typer.Option("--audio-root", help="folder relative audio paths start from")]
+HfDatasetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--hf-dataset", help="Hugging Face dataset: a save_to_disk or Parquet folder, or a Hub name; repeatable")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override any config key: section.key=value")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="seed of every random choice")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="clips per batch")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="batches processed at once")]
+ExecutorOpt = Annotated[Optional[str], typer.Option(
+    "--executor", help="threads (this process) or dask (worker processes: a local cluster of --workers, or --dask-address)")]
+DaskAddressOpt = Annotated[Optional[str], typer.Option(
+    "--dask-address", help="scheduler of a running Dask cluster, e.g. tcp://10.0.0.5:8786 (implies --executor dask)")]
 VersionOpt = Annotated[Optional[str], typer.Option("--version", help="dataset version to publish")]
 PushOpt = Annotated[Optional[str], typer.Option("--push-to-hub", help="also upload the dataset to this Hub repo")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")]
@@ -60,22 +75,34 @@ def _prepare_prefect(verbose: bool) -> None:
     root = Path(__file__).resolve().parents[2]
     if (root / "flows").is_dir() and str(root) not in sys.path:
         sys.path.insert(0, str(root))
+    # Prefect's API server is a separate process: started here, before Prefect is imported, so that it dies
+    # with this command even when the command is killed (Prefect's own would outlive a SIGKILL).
+    from cotaforge.prefect_server import start_prefect_server
+
+    start_prefect_server(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
 
 
 def _build_config(config: Path | None, manifest: list[Path] | None, out: Path | None, name: str | None,
                   group_by: str | None, overrides: list[str] | None, seed: int | None = None,
                   batch_size: int | None = None, workers: int | None = None, version: str | None = None,
                   push_to_hub: str | None = None, teacher: str | None = None, base_url: list[str] | None = None,
-                  model: str | None = None) -> RunConfig:
-    if config is None and not manifest:
-        raise CotaforgeError("give a config file or at least one --manifest (see `cotaforge run --help`)")
-    cfg = load_config(config, overrides, inputs__manifests=[m.resolve() for m in manifest or []],
+                  model: str | None = None, hf_dataset: list[str] | None = None,
+                  mapping: dict[str, object] | None = None, executor: str | None = None,
+                  dask_address: str | None = None) -> RunConfig:
+    """The run config from a file and flags; `mapping` holds the column-mapping flags (inputs.<key>)."""
+    if config is None and not manifest and not hf_dataset:
+        raise CotaforgeError("give a config file, a --manifest or an --hf-dataset (see `cotaforge run --help`)")
+    inputs: list[object] = [m.resolve() for m in manifest or []]
+    inputs += [{"hf_dataset": str(Path(h).resolve()) if Path(h).exists() else h} for h in hf_dataset or []]
+    mapping = {k: (v.resolve() if isinstance(v, Path) else v) for k, v in (mapping or {}).items()}
+    cfg = load_config(config, overrides, inputs__manifests=inputs, **{f"inputs__{k}": v for k, v in mapping.items()},
                       run__out_dir=out, run__name=name, inputs__group_by=group_by, run__seed=seed,
                       run__batch_size=batch_size, run__workers=workers, publish__version=version,
                       publish__push_to_hub=push_to_hub, teacher__backend=teacher, teacher__base_urls=base_url,
-                      teacher__model=model)
+                      teacher__model=model, run__executor=executor or ("dask" if dask_address else None),
+                      run__dask_address=dask_address)
     if not cfg.inputs.manifests:
-        raise CotaforgeError("the config lists no inputs.manifests; add one or pass --manifest")
+        raise CotaforgeError("the config lists no inputs.manifests; add one or pass --manifest or --hf-dataset")
     return cfg
 
 
@@ -131,18 +158,49 @@ def _summary(reports: list[StageReport], cfg: RunConfig, dataset: Path | None) -
         table.add_row(r.stage, str(r.rows_in), str(r.rows_out), rejected, str(r.parts_done), str(r.parts_skipped),
                       f"{r.seconds:.1f}")
     Console().print(table)
+    _teacher_summary(reports)
     run = RunDir.for_config(cfg)
-    rejected = sum(r.rejected_total for r in reports if r.stage != "balance")
+    # Rows of the input or of generated samples that were dropped; scenes the margin rules would not allow
+    # were never rows, and balancing out is by design: both are counted apart.
+    rejected = sum(r.rejected_total for r in reports if r.stage not in ("balance", "compose"))
     balanced = sum(r.rejected.get("balanced_out", 0) for r in reports)
-    print(f"Rejected rows: {rejected} (plus {balanced} balanced out); reasons in {run.root / 'rejects'}")
+    unbuilt = sum(r.rejected_total for r in reports if r.stage == "compose")
+    scenes = f", {unbuilt} scenes not built" if unbuilt else ""
+    print(f"Rejected rows: {rejected} (plus {balanced} balanced out{scenes}); reasons in {run.root / 'rejects'}")
     print(f"Run report: {run.root / 'report.md'}")
     if dataset is not None:
         print(f"Dataset: {dataset}")
 
 
-def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(code=2)
+def _teacher_summary(reports: list[StageReport]) -> None:
+    """What this run sent the teacher beside what the parts hold (a skipped part sent nothing now)."""
+    from cotaforge.report import teacher_rows
+
+    header, rows = teacher_rows(reports)
+    if not rows:
+        return
+    shown = {"stage": "stage", "requests sent by this run": "sent", "cache hits": "cache hits",
+             "completion tokens": "tokens out", "cost (USD)": "cost $", "requests held by the parts": "parts: requests",
+             "cost held by the parts (USD)": "parts: cost $"}
+    picks = [header.index(name) for name in shown]
+    table = Table(title="teacher: sent by this run | held by the parts")
+    for name in shown.values():
+        table.add_column(name, justify="left" if name == "stage" else "right")
+    for row in rows:
+        table.add_row(*(row[i] for i in picks))
+    Console().print(table)
+
+
+
+
+
+MAPPING_FLAGS = ("preset", "path_column", "path_template", "label_column", "label_sep", "label_names", "id_column",
+                 "audio_root")
+
+
+def _mapping_flags(arguments: dict[str, object]) -> dict[str, object]:
+    """The column-mapping flags a command was given, as inputs.<key> values."""
+    return {key: arguments[key] for key in MAPPING_FLAGS if arguments.get(key) is not None}
 
 
 @app.command()
@@ -150,18 +208,24 @@ def run(config: ConfigArg = None, manifest: ManifestOpt = None, out: OutOpt = No
         group_by: GroupOpt = None, set_: SetOpt = None, seed: SeedOpt = None, batch_size: BatchOpt = None,
         workers: WorkersOpt = None, version: VersionOpt = None, push_to_hub: PushOpt = None,
         teacher: TeacherOpt = None, base_url: BaseUrlOpt = None, model: ModelOpt = None,
-        verbose: VerboseOpt = False) -> None:
-    """Run the whole pipeline: ingest, caption, expand, validate, balance, publish."""
+        hf_dataset: HfDatasetOpt = None, preset: PresetOpt = None, path_column: PathColumnOpt = None,
+        path_template: PathTemplateOpt = None, label_column: LabelColumnOpt = None, label_sep: LabelSepOpt = None,
+        label_names: LabelNamesOpt = None, id_column: IdColumnOpt = None, audio_root: AudioRootOpt = None,
+        executor: ExecutorOpt = None, dask_address: DaskAddressOpt = None, verbose: VerboseOpt = False) -> None:
+    """Run the whole pipeline: ingest, compose, caption, expand, validate, balance, publish."""
     try:
         cfg = _build_config(config, manifest, out, name, group_by, set_, seed, batch_size, workers, version, push_to_hub,
-                            teacher, base_url, model)
+                            teacher, base_url, model, hf_dataset, _mapping_flags(locals()), executor, dask_address)
         _prepare_prefect(verbose)
         from cotaforge.stages.publish import dataset_dir
+        from flows.executors import check_scheduler
         from flows.pipeline import pipeline_flow
+
+        check_scheduler(cfg)
 
         reports = _run_with_progress(pipeline_flow, cfg.to_dict())
     except (CotaforgeError, FileNotFoundError) as exc:
-        _fail(exc)
+        fail(exc)
     _summary(reports, cfg, dataset_dir(cfg))
 
 
@@ -170,19 +234,26 @@ def _stage_command(stage: str, flow_module: str, flow_name: str, doc: str):
                 group_by: GroupOpt = None, set_: SetOpt = None, seed: SeedOpt = None, batch_size: BatchOpt = None,
                 workers: WorkersOpt = None, version: VersionOpt = None, push_to_hub: PushOpt = None,
                 teacher: TeacherOpt = None, base_url: BaseUrlOpt = None, model: ModelOpt = None,
+                hf_dataset: HfDatasetOpt = None, preset: PresetOpt = None, path_column: PathColumnOpt = None,
+                path_template: PathTemplateOpt = None, label_column: LabelColumnOpt = None,
+                label_sep: LabelSepOpt = None, label_names: LabelNamesOpt = None, id_column: IdColumnOpt = None,
+                audio_root: AudioRootOpt = None, executor: ExecutorOpt = None, dask_address: DaskAddressOpt = None,
                 verbose: VerboseOpt = False) -> None:
         try:
             cfg = _build_config(config, manifest, out, name, group_by, set_, seed, batch_size, workers, version,
-                                push_to_hub, teacher, base_url, model)
+                                push_to_hub, teacher, base_url, model, hf_dataset, _mapping_flags(locals()), executor,
+                                dask_address)
             _prepare_prefect(verbose)
             import importlib
 
-            from flows.common import with_workers
+            from flows.common import run_stage
+            from flows.executors import check_scheduler
 
+            check_scheduler(cfg)
             stage_flow = getattr(importlib.import_module(flow_module), flow_name)
-            report = _run_with_progress(with_workers(stage_flow, cfg.to_dict()), cfg.to_dict())
+            report = _run_with_progress(run_stage, stage_flow, cfg.to_dict())
         except (CotaforgeError, FileNotFoundError) as exc:
-            _fail(exc)
+            fail(exc)
         from cotaforge.stages.publish import dataset_dir
 
         _summary([report], cfg, dataset_dir(cfg) if stage == "publish" else None)
@@ -193,7 +264,8 @@ def _stage_command(stage: str, flow_module: str, flow_name: str, doc: str):
 
 for _stage, _doc in (
     ("ingest", "Read manifests, decode and measure clips (drops duplicates and defects)."),
-    ("caption", "Caption each ingested clip."),
+    ("compose", "Build scenes (sequences, repeats, mixtures) with exact timelines from the ingested clips."),
+    ("caption", "Caption each ingested clip and scene."),
     ("expand", "Write chain-of-thought samples for each captioned clip."),
     ("validate", "Check every sample; failures go to rejects with reason codes."),
     ("balance", "Even out samples per (class, prompt style) and answers."),
@@ -210,6 +282,24 @@ app.command("finetune")(_finetune_command)
 app.command("evaluate")(_evaluate_command)
 
 
+@app.command("export")
+def export(dataset: Annotated[Path, typer.Argument(help="a published dataset version folder")],
+           format_: Annotated[str, typer.Option("--format", help="swift (ms-swift JSONL) or llamafactory (sharegpt "
+                                                                  "+ dataset_info.json)")],
+           out: Annotated[Path, typer.Option(help="folder for the JSONL files and audio/")],
+           split: Annotated[Optional[list[str]], typer.Option("--split", help="splits to export (repeatable); "
+                                                                              "default all")] = None) -> None:
+    """Write the dataset for ms-swift or LLaMA-Factory: the conversations cotaforge trains on, WAV per clip."""
+    from cotaforge.export import export_dataset
+
+    try:
+        report = export_dataset(dataset, format_, out, split or None)  # type: ignore[arg-type]
+    except ValueError as exc:
+        fail(exc)
+    rows = ", ".join(f"{name} {count}" for name, count in report.rows.items())
+    console.print(f"exported {rows} rows and {report.clips} clips ({report.format}) to {report.out_dir}")
+
+
 @app.command()
 def inspect(dataset: Annotated[Path, typer.Argument(help="a published dataset version folder")],
             samples: Annotated[int, typer.Option(help="sample rows to show")] = 2) -> None:
@@ -218,7 +308,7 @@ def inspect(dataset: Annotated[Path, typer.Argument(help="a published dataset ve
 
     manifest_path = dataset / "manifest.json"
     if not manifest_path.is_file():
-        _fail(CotaforgeError(f"{dataset} has no manifest.json; point at output/datasets/<name>/<version>"))
+        fail(CotaforgeError(f"{dataset} has no manifest.json; point at output/datasets/<name>/<version>"))
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     out = Console()
     out.print(f"[bold]{manifest['name']}[/] {manifest['version']}  rows {manifest['rows']}  "
@@ -267,135 +357,12 @@ def schemas_check(folder: Annotated[Path, typer.Option(help="folder of committed
     print("schemas up to date")
 
 
-RunArg = Annotated[Path, typer.Argument(help="the run directory, e.g. output/runs/demo")]
-DbOpt = Annotated[Optional[str], typer.Option("--db", help="review database URL (default: review.db_url of the "
-                                                          "run's config, else RUN/review/review.sqlite)")]
+# Command groups live beside what they drive; each module imports its heavy parts lazily.
+from cotaforge.review.cli import review_app  # noqa: E402
+from cotaforge.teacher.cli import teacher_app  # noqa: E402
 
-
-def _review_store(run_dir: Path, db: str | None):
-    from cotaforge.review.db import ReviewStore, resolve_db_url
-    from cotaforge.review.samples import load_run_config
-    from cotaforge.store import RunDir
-
-    if not (run_dir / "config.yaml").is_file():
-        raise CotaforgeError(f"{run_dir} is not a run directory (no config.yaml); point at output/runs/<run>")
-    run = RunDir(run_dir)
-    return run, ReviewStore(resolve_db_url(run, load_run_config(run), db))
-
-
-@review_app.command("serve")
-def review_serve(run_dir: RunArg, host: Annotated[str, typer.Option(help="address to bind; keep 127.0.0.1 "
-                                                                          "unless a proxy with TLS is in front")] = "127.0.0.1",
-                 port: Annotated[int, typer.Option(help="port to listen on")] = 8700, db: DbOpt = None) -> None:
-    """Start the review web app for a run (sign in with a token from `review add-annotator`)."""
-    import uvicorn
-
-    from cotaforge.review.app import create_app
-
-    try:
-        review = create_app(run_dir, db)
-    except (CotaforgeError, FileNotFoundError) as exc:
-        _fail(exc)
-    console.print(f"review app for {run_dir} at http://{host}:{port}/ (Ctrl+C stops it)")
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        console.print("warning: reachable from other machines over plain HTTP; put a TLS proxy in front")
-    uvicorn.run(review, host=host, port=port, log_level="info", server_header=False)
-
-
-@review_app.command("add-annotator")
-def review_add_annotator(name: Annotated[str, typer.Argument(help="the annotator's name, e.g. ana")],
-                         run_dir: Annotated[Path, typer.Option("--run", help="the run directory")],
-                         db: DbOpt = None,
-                         rotate: Annotated[bool, typer.Option(help="replace the token of an existing annotator")] = False) -> None:
-    """Create an annotator and print their sign-in token once (only its hash is stored)."""
-    try:
-        _, store = _review_store(run_dir, db)
-        token = store.add_annotator(name, rotate=rotate)
-    except (CotaforgeError, ValueError) as exc:
-        _fail(exc)
-    console.print(f"token for {name} (shown once, stored hashed; give it to them privately):")
-    print(token)
-
-
-@review_app.command("export-labelstudio")
-def review_export_labelstudio(
-        run_dir: RunArg, out: Annotated[Path, typer.Argument(help="the tasks JSON file to write")], db: DbOpt = None,
-        audio_prefix: Annotated[str, typer.Option(help="URL prefix of the audio files, before CLIP_ID.wav")] = "audio/",
-        audio_dir: Annotated[Optional[Path], typer.Option(help="also write each clip as DIR/CLIP_ID.wav")] = None) -> None:
-    """Write the run's balanced samples (and any decisions) as Label Studio tasks, with its labeling config."""
-    from cotaforge.review.labelstudio import export_tasks
-    from cotaforge.review.samples import RunSamples
-
-    try:
-        run, store = _review_store(run_dir, db)
-        written = export_tasks(RunSamples(run), store, out, audio_prefix, audio_dir)
-    except (CotaforgeError, FileNotFoundError, ValueError) as exc:
-        _fail(exc)
-    print(f"{written} tasks in {out}; labeling config in {out.with_suffix('.xml')}")
-
-
-@review_app.command("import-labelstudio")
-def review_import_labelstudio(run_dir: RunArg,
-                              tasks: Annotated[Path, typer.Argument(help="Label Studio's JSON export of tasks")],
-                              db: DbOpt = None) -> None:
-    """Store the annotations of a Label Studio export as decisions (re-importing the same file adds nothing)."""
-    from cotaforge.review.labelstudio import import_tasks
-    from cotaforge.review.samples import RunSamples
-
-    try:
-        run, store = _review_store(run_dir, db)
-        report = import_tasks(RunSamples(run), store, tasks)
-    except (CotaforgeError, FileNotFoundError, ValueError) as exc:
-        _fail(exc)
-    print(f"imported {report.recorded} decisions ({report.already} already stored, {len(report.problems)} skipped)")
-    for problem in report.problems:
-        console.print(f"skipped: {problem}", markup=False)
-    if report.problems:
-        raise typer.Exit(code=1)
-
-
-teacher_app = typer.Typer(no_args_is_help=True, help="Teacher LLM servers.")
+app.add_typer(review_app, name="review")
 app.add_typer(teacher_app, name="teacher")
-
-
-@teacher_app.command("serve")
-def teacher_serve(
-        vllm: Annotated[Optional[str], typer.Option("--vllm", help="serve this model with vLLM (GPU host), e.g. Qwen/Qwen2.5-7B-Instruct")] = None,
-        local: Annotated[bool, typer.Option("--local", help="serve the small Gemma 3 270M GGUF with llama.cpp on the CPU")] = False,
-        host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 to serve other machines)")] = "127.0.0.1",
-        port: Annotated[Optional[int], typer.Option(help="port (default 8000 for vLLM, 8080 for --local)")] = None,
-        max_num_seqs: Annotated[int, typer.Option(help="vLLM: sequences decoded at once")] = 256,
-        audio_per_prompt: Annotated[int, typer.Option(help="vLLM: audio clips per request (0 for text-only models)")] = 1,
-        structured_backend: Annotated[str, typer.Option(help="vLLM: structured-output backend")] = "xgrammar",
-        extra: Annotated[Optional[list[str]], typer.Option("--extra", help="one more `vllm serve` argument; repeatable")] = None,
-        model_dir: Annotated[Path, typer.Option(help="--local: where the GGUF is assembled")] = Path("output/cache/models"),
-        ready_timeout_s: Annotated[float, typer.Option(help="how long to wait for the server to answer")] = 1800.0) -> None:
-    """Start a teacher server, wait until it answers, print how to point a run at it, and keep it running."""
-    from cotaforge.teacher import serve
-
-    if bool(vllm) == local:
-        _fail(CotaforgeError("give exactly one of --vllm MODEL or --local"))
-    try:
-        if vllm:
-            port = port or 8000
-            command = serve.vllm_command(vllm, host, port, max_num_seqs, audio_per_prompt, structured_backend, extra)
-            model, mode = vllm, "json_schema"
-        else:
-            port = port or 8080
-            command = serve.llama_cpp_command(serve.local_model_path(model_dir), host, port)
-            model, mode = serve.LOCAL_MODEL_NAME, "json_object"
-        url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/v1"
-        console.print(f"starting: {' '.join(command)}")
-        process = serve.start_server(command, url, timeout_s=ready_timeout_s)
-    except CotaforgeError as exc:
-        _fail(exc)
-    console.print(f"[bold green]teacher ready[/] at {url}\n  cotaforge run CONFIG.yaml --teacher openai --base-url {url} "
-                  f"--model {model} --set teacher.structured_output={mode}")
-    try:
-        process.wait()
-    except KeyboardInterrupt:
-        process.terminate()
-        process.wait(timeout=60)
 
 
 def main() -> None:

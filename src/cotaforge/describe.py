@@ -1,4 +1,5 @@
-"""Words for measured acoustic facts, shared by the `facts` captions and the template teacher."""
+"""Words for measured acoustic facts and for a scene's timeline, shared by the `facts` captions and the
+template teacher."""
 
 from __future__ import annotations
 
@@ -61,3 +62,40 @@ def fact_phrases(facts: dict) -> dict[str, str]:
         "texture_phrase": texture_phrase,
         "onsets_phrase": onsets_phrase,
     }
+
+
+def format_time_s(seconds: float) -> str:
+    """A time in a timeline as prose gives it: one decimal ('1.2')."""
+    return f"{seconds:.1f}"
+
+
+def event_length_word(duration_s: float) -> str:
+    return ("very brief" if duration_s < 0.3 else "short" if duration_s < 0.8 else
+            "medium-length" if duration_s < 2.0 else "long" if duration_s < 5.0 else "sustained")
+
+
+def event_loudness_word(level_dbfs: float, loudest_dbfs: float) -> str:
+    """How loud one sound of a scene is, next to the loudest sound of that scene."""
+    below = loudest_dbfs - level_dbfs
+    return "loud" if below < 3 else "softer" if below < 10 else "quiet"
+
+
+def timeline_phrase(events: list, duration_s: float) -> str:
+    """A scene's sounds in order of onset with their approximate times, as one sentence (no final stop).
+
+    `events` are `cotaforge.scenes.Event`s; a sound that starts while an earlier one still sounds is said
+    to come in over it.
+    """
+    ordered = sorted(events, key=lambda e: (e.onset_s, e.offset_s))
+    parts = []
+    for i, e in enumerate(ordered):
+        span = f'"{e.class_label}" from about {format_time_s(e.onset_s)} s to {format_time_s(e.offset_s)} s'
+        if i == 0:
+            parts.append(span)
+        elif any(earlier.offset_s > e.onset_s for earlier in ordered[:i]):
+            parts.append(f"over it {span}")
+        else:
+            parts.append(f"then {span}")
+    count = f"{len(ordered)} sound" + ("" if len(ordered) == 1 else "s")
+    length = f"{duration_s:.2f}-second" if duration_s < 10 else f"{duration_s:.1f}-second"
+    return f"A {length} recording of {count}: " + ", ".join(parts)

@@ -15,8 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field
 SCHEMA_VERSION = "1.0"
 SAMPLE_RATE_HZ = 16_000
 COT_STAGES = ("planning", "caption", "reasoning", "summary", "response")
-QUESTION_TYPES = ("multiple_choice", "yes_no", "open_ended", "comparison")
-QuestionType = Literal["multiple_choice", "yes_no", "open_ended", "comparison"]
+SINGLE_CLIP_QUESTION_TYPES = ("multiple_choice", "yes_no", "open_ended", "comparison")
+# Questions about a timeline of several sounds (cotaforge.scene_questions), asked of scenes and recordings.
+SCENE_QUESTION_TYPES = ("count", "order", "duration", "loudness", "presence", "timing")
+QUESTION_TYPES = SINGLE_CLIP_QUESTION_TYPES + SCENE_QUESTION_TYPES
+QuestionType = Literal["multiple_choice", "yes_no", "open_ended", "comparison", "count", "order", "duration",
+                       "loudness", "presence", "timing"]
 
 # The system turn every published sample carries; the fine-tuning stage trains with it.
 SYSTEM_PROMPT = (
@@ -61,6 +65,14 @@ class Clip(_Record):
     original_channels: int
     sample_rate_hz: int = SAMPLE_RATE_HZ
     facts: AcousticFacts
+    scene_kind: str = Field(default="", description="'' for a single labeled clip; 'sequence', 'repeat' or "
+                                                     "'mixture' for a composed scene; 'recording' for a real "
+                                                     "recording with timestamped events")
+    events: str = Field(default="[]", description="JSON list of the timeline's events sorted by onset_s: "
+                                                  "class_label, source_path, source_id, clip_id, onset_s, "
+                                                  "offset_s, gain_db, level_dbfs")
+    twin_of_clip: str = Field(default="", description="clip_id of the scene this one is a counterfactual twin of")
+    twin_change: str = Field(default="", description="JSON of the twin's one change: swap, remove or repeat")
 
 
 class Caption(_Record):
@@ -93,9 +105,13 @@ class Sample(_Record):
     metadata: str = Field(default="{}", description="JSON object of the manifest's other columns")
     question_type: QuestionType
     prompt_style: str
-    target: str = Field(description="what the question asks about: 'class', 'metadata.<field>' or 'fact.<name>'")
-    target_value: str = Field(description="the ground truth the answer was fixed from")
-    asked_value: str = Field(default="", description="the value a yes/no or comparison question proposes")
+    target: str = Field(description="what the question asks about: 'class', 'metadata.<field>', 'fact.<name>', "
+                                    "or for a scene 'scene.<count|first|last|after|before|longest|shortest|"
+                                    "louder|loudest|present|onset>'")
+    target_value: str = Field(description="the ground truth the answer was fixed from (scenes: a class name, "
+                                          "an integer as digits, yes/no, or seconds such as '1.2')")
+    asked_value: str = Field(default="", description="the value a yes/no or comparison question proposes; for a "
+                                                     "scene question a JSON list of the classes it asks about")
     question: str
     options: list[str] = Field(default_factory=list, description="option texts, lettered A, B, C... in order")
     answer: str = Field(description="letter for multiple_choice, yes/no for yes_no, the short answer otherwise")
@@ -110,6 +126,12 @@ class Sample(_Record):
     review: str = Field(default="", description="JSON of the annotators' decision, empty when not reviewed")
     split: str = ""
     schema_version: str = SCHEMA_VERSION
+    scene_kind: Literal["", "sequence", "repeat", "mixture", "recording"] = Field(
+        default="", description="'' for a single clip, else the kind of scene (or 'recording') the clip is")
+    events: str = Field(default="[]", description="JSON list of the clip's timeline (see Clip.events); '[]' for "
+                                                  "a single clip")
+    twin_of: str = Field(default="", description="sample_id of the counterfactual twin's sample asked the same "
+                                                 "question (its answer differs); '' when none")
 
 
 class Rejection(_Record):
@@ -147,7 +169,11 @@ class StageReport(_Record):
     parts_done: int = 0
     parts_skipped: int = 0
     seconds: float = 0.0
-    teacher: TeacherUsage = Field(default_factory=TeacherUsage)
+    teacher: TeacherUsage = Field(default_factory=TeacherUsage,
+                                  description="what this run asked of the teacher (skipped parts add nothing)")
+    parts_teacher: TeacherUsage = Field(default_factory=TeacherUsage,
+                                        description="what the stage's current parts cost the teacher when they were "
+                                                    "made: this run's parts and the skipped ones")
     notes: list[str] = Field(default_factory=list)
 
     @property
@@ -204,5 +230,6 @@ def merge_reports(stage: str, reports: list[StageReport]) -> StageReport:
             total.rejected[reason] = total.rejected.get(reason, 0) + count
         for key in TeacherUsage.model_fields:
             setattr(total.teacher, key, getattr(total.teacher, key) + getattr(report.teacher, key))
+            setattr(total.parts_teacher, key, getattr(total.parts_teacher, key) + getattr(report.parts_teacher, key))
         total.notes.extend(report.notes)
     return total

@@ -10,12 +10,20 @@
 A part's fingerprint hashes everything that made it (stage config, prompt versions, teacher, the upstream
 part's fingerprint), so a re-run skips parts whose fingerprint matches and redoes exactly the rest.
 The rejects file is written before the part: a part on disk means its batch is complete.
+
+Temporary files carry their writer's host and pid in their name (`.part-00003.parquet.<host>-<pid>-<id>.tmp`),
+so the next start of a run removes what a killed writer left behind without touching what a live one is
+writing. A part that cannot be read (a truncated file) counts as missing: its batch is redone.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -23,9 +31,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cotaforge.config import RunConfig, stable_hash
-from cotaforge.models import Rejection, StageReport
+from cotaforge.errors import CotaforgeError
+from cotaforge.models import Rejection, StageReport, TeacherUsage
 
-STAGES = ("ingest", "caption", "expand", "validate", "balance", "publish")
+log = logging.getLogger(__name__)
+
+STAGES = ("ingest", "compose", "caption", "expand", "validate", "balance", "publish")
 
 FACTS_TYPE = pa.struct([
     ("duration_s", pa.float64()), ("loudness_dbfs", pa.float64()), ("peak_dbfs", pa.float64()),
@@ -38,7 +49,8 @@ CLIP_SCHEMA = pa.schema([
     ("source_path", pa.string()), ("source_id", pa.string()), ("manifest_row", pa.string()),
     ("labels", pa.list_(pa.string())), ("class_label", pa.string()), ("metadata", pa.string()),
     ("original_sample_rate_hz", pa.int64()), ("original_channels", pa.int64()), ("sample_rate_hz", pa.int64()),
-    ("facts", FACTS_TYPE), ("row_index", pa.int64()), ("audio_wav", pa.binary()),
+    ("facts", FACTS_TYPE), ("scene_kind", pa.string()), ("events", pa.string()), ("twin_of_clip", pa.string()),
+    ("twin_change", pa.string()), ("row_index", pa.int64()), ("audio_wav", pa.binary()),
 ])
 CAPTION_SCHEMA = pa.schema([
     ("clip_id", pa.string()), ("mode", pa.string()), ("text", pa.string()), ("prompt_version", pa.string()),
@@ -57,7 +69,7 @@ SAMPLE_SCHEMA = pa.schema([
     ("answer", pa.string()), ("planning", pa.string()), ("caption", pa.string()), ("reasoning", pa.string()),
     ("summary", pa.string()), ("response", pa.string()), ("assistant_text", pa.string()),
     ("teacher", TEACHER_TYPE), ("validation", pa.string()), ("review", pa.string()), ("split", pa.string()),
-    ("schema_version", pa.string()),
+    ("schema_version", pa.string()), ("scene_kind", pa.string()), ("events", pa.string()), ("twin_of", pa.string()),
 ])
 REJECTION_SCHEMA = pa.schema([
     ("stage", pa.string()), ("reason", pa.string()), ("reasons", pa.list_(pa.string())), ("message", pa.string()),
@@ -79,13 +91,79 @@ def dictionary_columns(schema: pa.Schema) -> list[str]:
     return [name for name in schema.names if name in _DICTIONARY_COLUMNS]
 
 
+# -- temporaries and their owners ----------------------------------------------------------------------------
+
+_OWNED_FILE = re.compile(r"^\.(?P<name>.+)\.(?P<owner>[A-Za-z0-9]+-\d+-[0-9a-f]{8})\.tmp$")
+_UNOWNED_FILE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8}\.tmp$")  # written before temporaries named their owner
+UNOWNED_GRACE_S = 3600.0  # a temporary that names no owner is left alone this long after its last write
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+
+
+def owner_tag() -> str:
+    """`<host>-<pid>-<random>`: names a temporary's writer, so a later start can tell a live writer from a dead one."""
+    return f"{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    try:  # a killed process its parent has not reaped yet still answers signal 0
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def owner_alive(tag: str) -> bool:
+    """Whether the writer named by an `owner_tag` may still be writing. A writer on another host is taken
+    to be alive: its pid means nothing here."""
+    host, pid, _ = tag.rsplit("-", 2)
+    if host != _host():
+        return True
+    return _pid_alive(int(pid))
+
+
+def is_stale_temporary(path: Path) -> bool:
+    """A temporary file (`.<name>.<owner>.tmp`) whose writer is gone; unowned ones once an hour old."""
+    owned = _OWNED_FILE.match(path.name)
+    if owned:
+        return not owner_alive(owned["owner"])
+    if _UNOWNED_FILE.match(path.name):
+        try:
+            return time.time() - path.stat().st_mtime > UNOWNED_GRACE_S
+        except FileNotFoundError:
+            return False
+    return False
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files under `folder` that no live process is writing; returns what went."""
+    removed = []
+    for path in sorted(Path(folder).rglob(".*.tmp")) if Path(folder).is_dir() else []:
+        if path.is_file() and is_stale_temporary(path):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _temporary_beside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{owner_tag()}.tmp")
+
+
 def write_table_atomic(table: pa.Table, path: Path, metadata: dict[bytes, bytes] | None = None,
                        compression: str = "zstd") -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = _temporary_beside(path)
     try:
         pq.write_table(table, tmp, compression=compression, use_dictionary=dictionary_columns(table.schema))
         os.replace(tmp, path)
@@ -95,9 +173,20 @@ def write_table_atomic(table: pa.Table, path: Path, metadata: dict[bytes, bytes]
 
 def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    tmp = _temporary_beside(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_footer(path: Path) -> tuple[dict[bytes, bytes] | None, str | None]:
+    """(schema metadata, None) of a readable Parquet file, else (None, what is wrong with it)."""
+    try:
+        return pq.read_schema(path).metadata or {}, None
+    except (pa.ArrowException, OSError) as exc:
+        return None, f"unreadable ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})"
 
 
 class RunDir:
@@ -134,33 +223,78 @@ class RunDir:
         return pq.read_metadata(self.manifest_path).num_rows
 
     def part_rows(self, stage: str) -> int:
-        """Rows in the current parts of a stage, from the Parquet footers alone."""
-        return sum(pq.read_metadata(self.part_path(stage, b)).num_rows for b in range(self.batch_count()))
+        """Rows in the current parts of a stage, from the Parquet footers alone (an unreadable part counts 0)."""
+        total = 0
+        for batch in range(self.batch_count()):
+            try:
+                total += pq.read_metadata(self.part_path(stage, batch)).num_rows
+            except (pa.ArrowException, OSError):
+                pass
+        return total
 
-    def part_fingerprint(self, stage: str, batch: int) -> str | None:
+    def part_problem(self, stage: str, batch: int) -> str | None:
+        """What makes an existing part (or its rejects file) unusable, e.g. a file cut short by a crash;
+        None when both read, or when the part does not exist."""
         path = self.part_path(stage, batch)
         if not path.exists():
             return None
-        return (pq.read_schema(path).metadata or {}).get(_FINGERPRINT_KEY, b"").decode() or None
+        for file in (path, self.rejects_path(stage, batch)):
+            if file.exists():
+                metadata, problem = read_footer(file)
+                if metadata is None:
+                    return f"{file} is {problem}"
+        return None
+
+    def part_fingerprint(self, stage: str, batch: int) -> str | None:
+        """The fingerprint stored in a part; None when the part is missing or unreadable (then it is redone)."""
+        path = self.part_path(stage, batch)
+        if not path.exists():
+            return None
+        problem = self.part_problem(stage, batch)
+        if problem is not None:
+            log.warning("%s; batch %d of %s will be redone", problem, batch, stage)
+            return None
+        metadata, _ = read_footer(path)
+        return (metadata or {}).get(_FINGERPRINT_KEY, b"").decode() or None
 
     def stored_report(self, stage: str, batch: int) -> StageReport:
-        metadata = pq.read_schema(self.part_path(stage, batch)).metadata or {}
+        """The report a part was made with, as a skipped part's: nothing sent now, its teacher usage as what
+        the part holds."""
+        path = self.part_path(stage, batch)
+        metadata, problem = read_footer(path)
+        if metadata is None:
+            raise CotaforgeError(f"{path} is {problem}: delete it and run again to redo batch {batch}")
         report = StageReport.model_validate_json(metadata[_REPORT_KEY])
-        return report.model_copy(update={"parts_done": 0, "parts_skipped": 1, "seconds": 0.0})
+        return report.model_copy(update={"parts_done": 0, "parts_skipped": 1, "seconds": 0.0,
+                                         "teacher": TeacherUsage(), "parts_teacher": report.teacher})
 
     def write_part(self, stage: str, batch: int, table: pa.Table, fingerprint: str,
                    rejects: list[Rejection], report: StageReport) -> None:
+        """Write a batch's rejects, then its part. `report` becomes what the part holds (its teacher usage as
+        `parts_teacher`); a damaged part it replaces is named in the report's notes."""
+        damaged = self.part_problem(stage, batch)
+        report.parts_teacher = report.teacher.model_copy()
         write_rejects(self.rejects_path(stage, batch), rejects)
         write_table_atomic(table, self.part_path(stage, batch), {
             _FINGERPRINT_KEY: fingerprint.encode(),
             _REPORT_KEY: report.model_dump_json().encode(),
         })
+        if damaged:
+            report.notes.append(f"{damaged}; batch {batch} was redone")
 
     def read_part(self, stage: str, batch: int, columns: list[str] | None = None) -> pa.Table:
         path = self.part_path(stage, batch)
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: run the '{stage}' stage first")
-        return pq.read_table(path, columns=columns)
+        try:
+            return pq.read_table(path, columns=columns)
+        except (pa.ArrowException, OSError) as exc:
+            raise CotaforgeError(f"{path} is unreadable ({str(exc).splitlines()[0][:200]}): run the '{stage}' "
+                                 f"stage again to redo batch {batch}") from exc
+
+    def clear_stale_temporaries(self) -> list[Path]:
+        """Remove the temporary files killed writers left in this run's folder (live writers' stay)."""
+        return remove_stale_temporaries(self.root)
 
     def rejects(self, stage: str | None = None) -> pa.Table:
         """All reject rows of the current parts (of one stage, or every stage)."""

@@ -83,7 +83,11 @@ def test_an_edit_that_fails_validation_is_refused_with_the_reasons(app_client) -
     sample_id, page = open_next(client, csrf)
     sample = app.state.samples.sample(sample_id)
     response = client.post(f"/samples/{sample_id}/edit", data=_edit_form(page, csrf, sample, summary="x"))
-    assert response.status_code == 422 and "validation failed" in response.text and "stage_too_short" in response.text
+    assert response.status_code == 422 and "validator refused it" in response.text
+    # Explained in words next to the form, with the code for reference.
+    errors = response.text.split('id="edit-errors"', 1)[1].split("</div>", 1)[0]
+    assert "a stage is too short; write at least a full sentence (stage_too_short)" in errors
+    assert 'id="edit-form"' in response.text.split('id="edit-errors"', 1)[1]
     assert app.state.store.decisions() == []
 
 

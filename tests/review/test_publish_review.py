@@ -7,7 +7,7 @@ import json
 import pyarrow.parquet as pq
 
 from cotaforge.review.db import ReviewStore, default_db_url
-from cotaforge.review.decisions import load_decisions
+from cotaforge.decisions import load_decisions
 from cotaforge.review.samples import RunSamples, revise_sample, stored_fields
 from cotaforge.stages.publish import dataset_dir, publish_fingerprint, run_publish
 from cotaforge.store import RunDir
@@ -24,7 +24,7 @@ def _published_rows(cfg) -> dict[str, dict]:
 
 def test_without_decisions_publish_is_unchanged(run: RunDir) -> None:
     cfg = run_config(run)
-    assert load_decisions(run, cfg) == {}
+    assert load_decisions(run, cfg).outcomes == {}
     assert not (run.root / "review").exists()  # looking for decisions creates no database
     report = run_publish(run, cfg)
     manifest = json.loads((dataset_dir(cfg) / "manifest.json").read_text())

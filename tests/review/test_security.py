@@ -107,3 +107,115 @@ def test_tokens_never_reach_the_logs(app: FastAPI, caplog: pytest.LogCaptureFixt
     client.post("/next", data={"csrf_token": form_value(client.get("/").text, "csrf_token")})
     assert token not in caplog.text
     assert token not in client.get("/").text
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_sign_in_is_throttled_per_address_without_locking_out_the_token_holder_for_long(app: FastAPI) -> None:
+    from cotaforge.review.app import SIGN_IN_FAILURES_PER_ADDRESS, SIGN_IN_WINDOW_S
+    from cotaforge.review.throttle import Throttle
+
+    clock = _Clock()
+    app.state.failures = Throttle(SIGN_IN_FAILURES_PER_ADDRESS, SIGN_IN_WINDOW_S, clock=clock)
+    token = app.state.store.add_annotator("ana")
+    client = TestClient(app)
+    csrf = form_value(client.get("/login").text, "csrf_token")
+    statuses = []
+    for i in range(100):
+        clock.now += 0.01
+        response = client.post("/login", data={"token": f"wrong-{i}", "csrf_token": csrf}, follow_redirects=False)
+        statuses.append(response.status_code)
+    assert statuses[:SIGN_IN_FAILURES_PER_ADDRESS] == [401] * SIGN_IN_FAILURES_PER_ADDRESS
+    assert set(statuses[SIGN_IN_FAILURES_PER_ADDRESS:]) == {429}
+    assert 1 <= int(response.headers["retry-after"]) <= SIGN_IN_WINDOW_S
+    # While throttled even the right token waits (or guessing would go on); a minute later it signs in.
+    assert client.post("/login", data={"token": token, "csrf_token": csrf}, follow_redirects=False).status_code == 429
+    clock.now += SIGN_IN_WINDOW_S
+    assert client.post("/login", data={"token": token, "csrf_token": csrf}, follow_redirects=False).status_code == 303
+
+
+def test_one_annotator_signs_in_a_limited_number_of_times_a_minute(app: FastAPI) -> None:
+    from cotaforge.review.app import SIGN_INS_PER_ANNOTATOR, SIGN_IN_WINDOW_S
+    from cotaforge.review.throttle import Throttle
+
+    clock = _Clock()
+    app.state.sign_ins = Throttle(SIGN_INS_PER_ANNOTATOR, SIGN_IN_WINDOW_S, clock=clock)
+    token = app.state.store.add_annotator("ana")
+    client = TestClient(app)
+
+    def sign_in_again() -> int:  # each sign-in replaces the sign-in form's token: fetch the form anew
+        csrf = form_value(client.get("/login").text, "csrf_token")
+        return client.post("/login", data={"token": token, "csrf_token": csrf}, follow_redirects=False).status_code
+
+    answers = [sign_in_again() for _ in range(SIGN_INS_PER_ANNOTATOR + 1)]
+    assert answers == [303] * SIGN_INS_PER_ANNOTATOR + [429]
+    other = TestClient(app)  # another annotator is not affected
+    other_csrf = form_value(other.get("/login").text, "csrf_token")
+    assert other.post("/login", data={"token": app.state.store.add_annotator("bo"), "csrf_token": other_csrf},
+                      follow_redirects=False).status_code == 303
+    clock.now += SIGN_IN_WINDOW_S
+    assert sign_in_again() == 303
+
+
+def test_the_csrf_token_is_bound_to_the_session_and_rotates(app: FastAPI) -> None:
+    store = app.state.store
+    ana_token, bo_token = store.add_annotator("ana"), store.add_annotator("bo")
+    ana = TestClient(app)
+    login_csrf = form_value(ana.get("/login").text, "csrf_token")
+    ana_csrf = sign_in(ana, ana_token)
+    assert ana_csrf != login_csrf
+    # The sign-in form's token does not work once signed in.
+    assert ana.post("/next", data={"csrf_token": login_csrf}, follow_redirects=False).status_code == 403
+    bo = TestClient(app)
+    bo_csrf = sign_in(bo, bo_token)
+    # Another session's token, with this session's cookie, is refused both ways.
+    assert ana.post("/next", data={"csrf_token": bo_csrf}, follow_redirects=False).status_code == 403
+    assert bo.post("/next", data={"csrf_token": ana_csrf}, follow_redirects=False).status_code == 403
+    # Ana's session cookie moved to another browser, with that browser's own sign-in token: refused.
+    thief = TestClient(app)
+    thief_login_csrf = form_value(thief.get("/login").text, "csrf_token")
+    thief.cookies.set("cotaforge_session", ana.cookies.get("cotaforge_session"))
+    assert thief.post("/next", data={"csrf_token": thief_login_csrf}, follow_redirects=False).status_code == 403
+    assert ana.post("/next", data={"csrf_token": ana_csrf}, follow_redirects=False).status_code == 303
+    # Signing out and in again gives a new token; the old one is dead.
+    ana.post("/logout", data={"csrf_token": ana_csrf})
+    fresh = sign_in(ana, ana_token)
+    assert fresh != ana_csrf
+    assert ana.post("/next", data={"csrf_token": ana_csrf}, follow_redirects=False).status_code == 403
+    assert ana.post("/next", data={"csrf_token": fresh}, follow_redirects=False).status_code == 303
+
+
+@pytest.mark.integration
+def test_a_running_server_throttles_sign_in_and_never_logs_a_login_query(base_run: RunDir, tmp_path) -> None:
+    import httpx
+
+    from cotaforge.review.db import ReviewStore, default_db_url
+
+    from .factories import copy_run
+    from .server import start_server, stop_server
+
+    run = copy_run(base_run, tmp_path / "output")
+    store = ReviewStore(default_db_url(run))
+    token = store.add_annotator("ana")
+    process, url = start_server(run, tmp_path / "server.log")
+    try:
+        with httpx.Client(base_url=url) as client:
+            assert client.get("/login", params={"token": token}).status_code == 200
+            csrf = form_value(client.get("/login").text, "csrf_token")
+            statuses = [client.post("/login", data={"token": f"wrong{i}", "csrf_token": csrf},
+                                    headers={"X-Forwarded-For": f"10.0.0.{i}"}).status_code for i in range(100)]
+            throttled = client.post("/login", data={"token": "wrong", "csrf_token": csrf})
+    finally:
+        stop_server(process)
+        store.close()
+    # X-Forwarded-For from a client is not trusted, so a changing header does not reset the count.
+    assert statuses.count(401) == 5 and statuses.count(429) == 95
+    assert throttled.status_code == 429 and int(throttled.headers["retry-after"]) >= 1
+    log = (tmp_path / "server.log").read_text()
+    assert token not in log and '"GET /login HTTP/1.1" 200' in log and "/login?" not in log

@@ -65,3 +65,58 @@ def test_disabled_keeps_everything(tmp_path, digits_manifest):
     cfg = make_config(tmp_path / "out", [digits_manifest], "balance.enabled=false")
     run, reports = run_stages(cfg, until="balance")
     assert reports["balance"].rows_out == reports["validate"].rows_out
+
+
+def _sample_row(sample_id: str, answer: str, twin_of: str = "", target: str = "scene.count") -> dict:
+    from cotaforge.store import SAMPLE_SCHEMA
+
+    row = {name: "" for name in SAMPLE_SCHEMA.names}
+    row.update(sample_id=sample_id, clip_id=f"clip-{sample_id}", group_id="scene:g", source_dataset="drums",
+               duration_s=3.0, sample_rate_hz=16000, labels=["kick"], class_label="kick", metadata="{}",
+               question_type="count", prompt_style="concise", target=target, target_value=answer, asked_value='["kick"]',
+               options=[], answer=answer, validation="{}", schema_version="1.0", scene_kind="repeat", events="[]",
+               twin_of=twin_of, teacher={"backend": "template", "model": "template", "prompt_versions": [],
+                                         "parameters": "{}"})
+    return row
+
+
+def test_twin_pairs_stay_whole_and_orphans_are_unlinked(tmp_path):
+    import pyarrow as pa
+
+    from cotaforge.config import load_config
+    from cotaforge.models import StageReport
+    from cotaforge.stages.balance import balance_batch, plan_balance
+    from cotaforge.store import SAMPLE_SCHEMA, RunDir, write_table_atomic
+
+    run = RunDir(tmp_path / "run")
+    write_table_atomic(pa.table({"row": pa.array([], pa.int64())}), run.manifest_path, {b"cotaforge.batches": b"1"})
+    rows = [_sample_row("a", "2", twin_of="b"), _sample_row("b", "3", twin_of="a"),
+            _sample_row("c", "4", twin_of="gone")]  # c's twin failed validation
+    run.write_part("validate", 0, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), "fp", [],
+                   StageReport(stage="validate"))
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "balance.per_cell=1"])
+    plan = plan_balance(run, cfg)
+    # the cell's target is 1, but a kept twin keeps its pair: a and b stay together, c's link is cleared
+    # (the quota of 1 goes to the first answer, "2": sample a; its twin b is kept with it, c is dropped)
+    assert plan["twin_unlinked"] == ["c"] and plan["twin_keep"] == ["b"]
+    balance_batch(run, cfg, 0, plan)
+    kept = {r["sample_id"]: r["twin_of"] for r in run.read_part("balance", 0).to_pylist()}
+    assert kept == {"a": "b", "b": "a"}
+    assert sum(plan["after"].values()) == len(kept)
+    # an orphan that is kept loses its link
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "balance.per_cell=3"])
+    balance_batch(run, cfg, 0, plan_balance(run, cfg))
+    kept = {r["sample_id"]: r["twin_of"] for r in run.read_part("balance", 0).to_pylist()}
+    assert kept == {"a": "b", "b": "a", "c": ""}
+
+
+def test_scene_answers_are_spread_by_value_letter_and_side():
+    from cotaforge.stages.balance import _answer_key
+
+    assert _answer_key("count", "3", "scene.count", '["kick"]') == "3"
+    assert _answer_key("count", "B", "scene.count", '["kick"]') == "B"
+    assert _answer_key("presence", "no", "scene.present", '["tom"]') == "no"
+    assert _answer_key("loudness", "tom", "scene.louder", '["kick", "tom"]') == "second"
+    assert _answer_key("loudness", "kick", "scene.louder", '["kick", "tom"]') == "first"
+    assert _answer_key("timing", "1.2", "scene.onset", '["kick"]') == "-"
+    assert _answer_key("open_ended", "kick", "class", "") == "-"

@@ -71,4 +71,4 @@ def test_every_stage_is_written_from_the_clip_and_rendered_tagged(built):
     for s in samples:
         stages, problems = parse_assistant_text(s["assistant_text"])
         assert problems == [] and stages["reasoning"] == s["reasoning"]
-        assert s["teacher"]["prompt_versions"] == ["cot_template.v1"]
+        assert s["teacher"]["prompt_versions"] == ["cot_template.v2"]

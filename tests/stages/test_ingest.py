@@ -1,6 +1,9 @@
+import io
 import json
 
+import numpy as np
 import pyarrow.parquet as pq
+import soundfile as sf
 import pytest
 
 from cotaforge.errors import InputError
@@ -100,3 +103,31 @@ def test_rerun_skips_every_batch(tmp_path, small_config):
     _, again = run_ingest(small_config)
     assert again.parts_done == 0 and again.parts_skipped == RunDir.for_config(small_config).batch_count()
     assert again.rows_out == 68
+
+
+@pytest.mark.parametrize("fmt,subtype,ext", [("WAV", "PCM_16", "wav"), ("FLAC", "PCM_16", "flac"),
+                                             ("OGG", "VORBIS", "ogg"), ("MP3", "MPEG_LAYER_III", "mp3")])
+def test_windows_decode_only_their_span_of_a_longer_file(tmp_path, fmt, subtype, ext):
+    """Each window's audio is the whole file's decode at that span (MP3 and Vorbis seek sample-exactly too)."""
+    from cotaforge.audio import decode_audio
+
+    rate = 22050
+    t = np.arange(20 * rate) / rate
+    sf.write(tmp_path / f"long.{ext}", 0.3 * np.sin(2 * np.pi * (200 + 20 * t) * t), rate, format=fmt, subtype=subtype)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,label,start_s,end_s\nlong.{ext},chirp,2.5,4.5\nlong.{ext},chirp,11,15.25\n"
+                        f"long.{ext},chirp,18,\n", encoding="utf-8")
+    run, report = run_ingest(make_config(tmp_path / "out", [manifest], group_by=None))
+    assert report.rejected_total == 0
+    whole = decode_audio(tmp_path / f"long.{ext}").samples
+    clips = {c["source_id"]: c for c in read_clips(run, 0, load_run_stats(run), with_audio=True).to_pylist()}
+    for source_id, (start_s, end_s) in {f"long.{ext}#t=2.500,4.500": (2.5, 4.5),
+                                        f"long.{ext}#t=11.000,15.250": (11.0, 15.25),
+                                        f"long.{ext}#t=18.000": (18.0, 20.0)}.items():
+        clip = clips[source_id]
+        assert clip["group_id"] == f"{clip['source_dataset']}:long.{ext}"  # one recording, one group
+        got, _ = sf.read(io.BytesIO(clip["audio_wav"]), dtype="float32")
+        want = whole[int(start_s * 16000):int(end_s * 16000)]
+        assert len(got) == pytest.approx(len(want), abs=1)
+        inner = slice(400, len(want) - 400)  # resampling each window alone differs only at its very edges
+        np.testing.assert_allclose(got[inner], want[inner], atol=2e-3)

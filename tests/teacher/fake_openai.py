@@ -3,7 +3,8 @@
 Answers are deterministic functions of the request, and they pass cotaforge's validation: the server reads
 the correct answer and the rules from cotaforge's prompts, the way a good teacher would. Faults (per
 request, chosen by `fault(request) -> name | None`): `429` (with Retry-After), `500`, `400` (the request refused,
-as vLLM refuses a prompt longer than its context), `html` (a 200 whose body is a proxy's HTML page), `timeout`
+as vLLM refuses a prompt longer than its context), `500_validation` (a request refused with HTTP 500, as
+llama-cpp-python's server refuses `response_format` type `json_schema`), `html` (a 200 whose body is a proxy's HTML page), `timeout`
 (closes the connection after `hang_s`), `drop` (closes the connection), `malformed` (not JSON), `invalid` (JSON
 that misses fields), `length` (cut off, finish_reason length).
 
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-FAULTS = ("429", "500", "400", "html", "timeout", "drop", "malformed", "invalid", "length")
+FAULTS = ("429", "500", "400", "500_validation", "html", "timeout", "drop", "malformed", "invalid", "length")
 
 
 @dataclass
@@ -180,6 +181,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault == "500":
             self._send(500, {"error": {"message": "engine crashed", "type": "server_error"}})
+            return
+        if fault == "500_validation":  # llama-cpp-python 0.3's body, word for word
+            self._send(500, {"error": {"message": (
+                "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+                "'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema', 'ctx': {'expected': "
+                "\"'text' or 'json_object'\"}}\n\n  File \"llama_cpp/server/app.py\", line 376, in "
+                "create_chat_completion\n    POST /v1/chat/completions"),
+                "type": "internal_server_error", "param": None, "code": None}})
             return
         if fault == "400":
             self._send(400, {"object": "error", "message": "This model's maximum context length is 4096 tokens.",

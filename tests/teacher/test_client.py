@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 
 import pytest
 
-from cotaforge.teacher.client import (AUDIO_PART_TOKENS, Endpoint, EndpointPool, RateLimiter, backoff_delay_s,
-                                      estimate_tokens, proxy_for, retry_after_s)
+from cotaforge.teacher.client import (AUDIO_PART_TOKENS, Endpoint, EndpointPool, RateLimiter, _read_answer,
+                                      backoff_delay_s, estimate_tokens, proxy_for, retry_after_s)
 
 
 def test_backoff_grows_exponentially_with_jitter_and_a_ceiling():
@@ -152,3 +153,21 @@ def test_endpoints_use_the_proxy_the_environment_names_except_for_no_proxy_hosts
     assert proxy_for("http://127.0.0.1:8000/v1") is None
     assert proxy_for("http://vllm-0.cluster.local:8000/v1") is None
     assert Endpoint("http://gpu1:8000/v1", 4).proxy == "http://proxy.internal:3128"
+
+
+@pytest.mark.parametrize("status,body,reason", [
+    # llama-cpp-python: FastAPI's RequestValidationError, wrapped as an internal error
+    (500, {"error": {"message": "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', "
+                                "'type'), 'msg': \"Input should be 'text' or 'json_object'\"}",
+                     "type": "internal_server_error"}}, "teacher_bad_request"),
+    # the same error as pydantic's JSON form
+    (503, {"detail": [{"type": "missing", "loc": ["body", "messages"], "msg": "Field required"}],
+           "message": "1 validation error for ChatCompletionRequest"}, "teacher_bad_request"),
+    # a server fault that mentions validation, not of the request body: still retried
+    (500, {"error": {"message": "1 validation error for ChatCompletionResponse: choices.0.logprobs"}},
+     "teacher_server_error"),
+    (500, {"error": {"message": "engine crashed"}}, "teacher_server_error"),
+])
+def test_a_5xx_is_a_bad_request_only_when_it_refuses_the_request_body(status, body, reason):
+    completion, failure = _read_answer("http://a:1/v1", status, json.dumps(body).encode())
+    assert completion is None and failure.reason == reason

@@ -95,6 +95,15 @@ def test_a_request_the_server_refuses_is_rejected_without_resending(tmp_path, fa
     assert [seen.fault for seen in server.log].count("400") == 1  # resending it could not help
 
 
+def test_a_5xx_that_refuses_the_request_body_is_a_bad_request_not_resent(tmp_path, fake_server):
+    # llama-cpp-python's server answers a body its request schema refuses with HTTP 500 and a validation error.
+    server = fake_server(fault=lambda request: "500_validation")
+    teacher, results = _run(tmp_path, [server.url], 2, "teacher.retries=6")
+    assert all(isinstance(r, TeacherFailure) and r.reason == "teacher_bad_request" for r in results)
+    assert "teacher.structured_output=json_object" in results[0].message and "literal_error" in results[0].raw
+    assert len(server.log) == 2 and teacher.usage.requests == 2 and teacher.usage.retries == 0
+
+
 def test_a_200_that_is_not_json_is_retried(tmp_path, fake_server):
     server = fake_server(fault=once_per_prompt("html"))
     teacher, results = _run(tmp_path, [server.url], 2)

@@ -65,7 +65,9 @@ def test_a_run_against_the_local_llm_completes_with_reasoned_rejects(llama_serve
     run = tmp_path / "out" / "runs" / "local"
     report = json.loads((run / "report.json").read_text())
     stages = {s["stage"]: s for s in report["stages"]}
-    assert stages["caption"]["teacher"]["cache_misses"] + stages["caption"]["teacher"]["failures"] == 2
+    caption = stages["caption"]
+    assert caption["teacher"]["requests"] == 2  # one per clip: one attempt, nothing resent
+    assert caption["rows_out"] + sum(caption["rejected"].values()) == 2  # each clip captioned or rejected
     expand = stages["expand"]
     assert expand["teacher"]["completion_tokens"] > 0
     from cotaforge.store import RunDir
@@ -79,3 +81,38 @@ def test_a_run_against_the_local_llm_completes_with_reasoned_rejects(llama_serve
             assert reject["raw"] or "after" in reject["message"]
     # Whatever the small model got right went through validation like any other sample.
     assert stages["validate"]["rows_in"] == expand["rows_out"]
+
+
+def _local_teacher(tmp_path, url: str, model: str, *overrides: str):
+    from cotaforge.config import load_config
+    from cotaforge.teacher.build import build_teacher
+
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "teacher.max_tokens=200", "teacher.output_attempts=1",
+                             "teacher.concurrency_per_endpoint=1", "teacher.timeout_s=240", *overrides],
+                      teacher__backend="openai", teacher__base_urls=[url], teacher__model=model)
+    return build_teacher(cfg, "expand")
+
+
+def test_json_schema_is_refused_once_and_not_resent(llama_server, tmp_path):
+    """llama-cpp-python's server answers `json_schema` with HTTP 500 and a validation error: a bad request."""
+    from cotaforge.teacher.base import TeacherFailure
+    from tests.teacher.conftest import cot_request
+
+    url, model = llama_server
+    teacher = _local_teacher(tmp_path, url, model, "teacher.structured_output=json_schema", "teacher.retries=6")
+    [result] = teacher.write_cots([cot_request(0)])
+    assert isinstance(result, TeacherFailure) and result.reason == "teacher_bad_request", result
+    assert "HTTP 500" in result.message and "teacher.structured_output=json_object" in result.message
+    assert teacher.usage.requests == 1 and teacher.usage.retries == 0
+
+
+def test_the_folded_request_is_answered_in_json_by_the_local_model(llama_server, tmp_path):
+    """The defaults for the local model (json_object, instructions in the user turn) give a JSON answer."""
+    from cotaforge.teacher.base import TeacherFailure
+    from tests.teacher.conftest import cot_request
+
+    url, model = llama_server
+    teacher = _local_teacher(tmp_path, url, model)
+    [result] = teacher.write_cots([cot_request(0)])
+    assert not isinstance(result, TeacherFailure) or result.reason in ("teacher_invalid_output", "teacher_truncated")
+    assert teacher.usage.requests == 1 and teacher.usage.completion_tokens > 0

@@ -43,6 +43,7 @@ def _engine(tmp_path, monkeypatch) -> offline.VLLMEngine:
     engine = object.__new__(offline.VLLMEngine)
     engine.llm = FakeLLM()
     engine.cache = ResponseCache(tmp_path / "responses.sqlite")
+    engine.system_role = True
     import threading
 
     engine._generate_lock = threading.Lock()

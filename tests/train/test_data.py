@@ -86,3 +86,25 @@ def test_augmentation_is_a_function_of_its_rng() -> None:
     assert np.array_equal(first, again) and not np.array_equal(first, other)
     assert first.dtype == np.float32 and np.abs(first).max() <= 1.0
     assert not AugmentSection().enabled and cfg.enabled
+
+
+def test_collate_zeroes_audio_only_when_asked() -> None:
+    pytest.importorskip("torch")
+    from cotaforge.train.data import collate
+
+    features = np.ones((4, 6), dtype=np.float32)
+    samples = [EncodedSample([5, 6, 7], 1, features, np.ones(6, dtype=np.int64))]
+    assert float(collate(samples, pad_id=0)["input_features"].abs().sum()) == 24.0
+    zeroed = collate(samples, pad_id=0, zero_audio=True)
+    assert float(zeroed["input_features"].abs().sum()) == 0.0
+    assert zeroed["input_ids"].tolist() == [[5, 6, 7]] and zeroed["labels"].tolist() == [[-100, 6, 7]]
+
+
+def test_response_only_drops_the_think_block_and_keeps_the_prompt() -> None:
+    from cotaforge.train.data import response_only
+
+    think, response, end = [50, 51, 52], [60, 61], [99]
+    sample = EncodedSample([1, 2, 3] + think + [7, 8] + response + end, 3, np.zeros((1, 1)), np.zeros(1))
+    cut = response_only(sample, [7, 8])
+    assert cut.input_ids == [1, 2, 3, 7, 8, 60, 61, 99] and cut.prompt_tokens == 3
+    assert response_only(sample, [42]) is sample  # no tag: unchanged

@@ -58,37 +58,15 @@ def test_swapping_options_rewrites_every_mention_after_planning() -> None:
     assert swap_options(text, options, chosen=1, candidate=1) == text
 
 
-def test_option_scoring_rewrites_the_reference_for_each_option(monkeypatch: pytest.MonkeyPatch) -> None:
-    import numpy as np
-
-    from cotaforge.train.evaluate import EvalItem, Evaluator
-
-    reference = ("<THINK><PLANNING>A (three), B (seven), C (one), D (zero).</PLANNING><CAPTION>He says seven."
-                 "</CAPTION><REASONING>So option B.</REASONING><SUMMARY>B, seven.</SUMMARY></THINK>"
-                 "<RESPONSE>The answer is B</RESPONSE>")
-    item = EvalItem("q", np.zeros(1600, dtype=np.float32), "Which digit?", ["three", "seven", "one", "zero"],
-                    "multiple_choice", "B", "seven", "test", reference=reference)
-    scored: list[str] = []
-
-    def fake_log_likelihoods(self: Evaluator, item: EvalItem, answers: list[str]) -> list[float]:
-        scored.extend(answers)
-        return [1.0 if "He says one." in answer else 0.0 for answer in answers]
-
-    monkeypatch.setattr(Evaluator, "answer_log_likelihoods", fake_log_likelihoods)
-    evaluator = Evaluator.__new__(Evaluator)
-    assert evaluator.score_options(item, output="anything the model wrote") == ("C", "option_likelihood")
-    assert scored[1] == reference and scored[2].endswith("<SUMMARY>C, one.</SUMMARY></THINK><RESPONSE>The answer "
-                                                          "is C</RESPONSE>")
-
-
 @pytest.mark.parametrize("scoring", ["generate", "options"])
 def test_evaluation_reports_by_split_type_and_class(trained_run: Path, digit_dataset: Path, tmp_path: Path,
                                                    scoring: str) -> None:
     report = evaluate_model(str(trained_run), str(digit_dataset), splits=["test", "validation"], scoring=scoring,
-                            max_new_tokens=20, batch_size=8, max_rows=12, out_dir=tmp_path)
-    assert len(report.items) == 24
+                            max_new_tokens=20, batch_size=8, max_rows=24, out_dir=tmp_path)
+    # The first 24 rows of a split: six clips of "zero" and two of "one", each asked three ways.
+    assert len(report.items) == 48
     groups = {(row.group, row.value): row for row in report.rows}
-    assert groups[("all", "all")].n == 24
+    assert groups[("all", "all")].n == 48
     assert {"test", "validation"} <= {value for group, value in groups if group == "split"}
     mc = groups[("split/type", "test/multiple_choice")]
     assert mc.chance == pytest.approx(0.25)
@@ -96,8 +74,21 @@ def test_evaluation_reports_by_split_type_and_class(trained_run: Path, digit_dat
     assert groups[("split/type", "test/open_ended")].chance is None
     assert all(0 <= row.accuracy <= 1 and 0 <= row.format_compliance <= 1 for row in report.rows)
     assert "| split/type | test/multiple_choice |" in (tmp_path / "eval.md").read_text()
-    assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 24
-    assert json.loads((tmp_path / "eval.json").read_text())["scoring"] == scoring
+    assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 48
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    assert summary["scoring"] == scoring
+    # The listening measure, per split and question type: each question also answered with a partner's audio.
+    by_type = {row["value"]: row for row in summary["rows"] if row["group"] == "split/type"}
+    for value in ("test/multiple_choice", "test/yes_no", "test/open_ended", "validation/multiple_choice"):
+        row = by_type[value]
+        assert row["n_swapped"] > 0 and 0 <= row["accuracy_swapped_audio"] <= 1
+        assert row["listening_gap"] == pytest.approx(row["accuracy"] - row["accuracy_swapped_audio"]) or \
+            row["n_swapped"] < row["n"]
+        assert row["answer_loss"] is not None and row["answer_loss_swapped_audio"] is not None
+    predictions = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    paired = [p for p in predictions if p["swapped_clip"] is not None]
+    assert paired and all(p["output_swapped_audio"] is not None for p in paired)
+    assert "| swapped audio | listening gap |" in (tmp_path / "eval.md").read_text()
 
 
 def test_an_mmau_style_file_is_evaluated(trained_run: Path, mmau_file: Path) -> None:

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -14,7 +15,8 @@ pytest.importorskip("transformers")
 from safetensors.torch import load_file  # noqa: E402
 
 from cotaforge.train.data import IGNORE_INDEX, collate, render_user_text  # noqa: E402
-from cotaforge.train.recipe import FinetuneRecipe, answer_loss_terms, run_finetune  # noqa: E402
+from cotaforge.train.loss import answer_loss_terms  # noqa: E402
+from cotaforge.train.recipe import FinetuneRecipe, run_finetune  # noqa: E402
 
 from .factories import tiny_config  # noqa: E402
 
@@ -99,6 +101,30 @@ def test_lora_trains_adapters_and_projector_and_exports_a_merged_model(digit_dat
         assert torch.equal(merged[key], weight), key
 
 
+def test_a_lora_checkpoint_holds_only_trainable_weights_and_resumes_exactly(digit_dataset: Path,
+                                                                           tmp_path: Path) -> None:
+    def lora_config(name: str):
+        return tiny_config(digit_dataset, tmp_path, name, lora={"rank": 4, "alpha": 8, "dropout": 0.1},
+                           train={"learning_rate": 1e-2})
+
+    straight = run_finetune(lora_config("straight"))
+    stopped = run_finetune(lora_config("resumed"), stop_at_step=3)
+    saved = load_file(str(stopped.run_dir / "checkpoints" / "step-0000003" / "model.safetensors"))
+    assert saved and all("lora_" in name or "multi_modal_projector" in name for name in saved)
+    recipe = FinetuneRecipe(lora_config("probe"))
+    recipe.setup()
+    trainable = {name for name, p in recipe.model.named_parameters() if p.requires_grad}
+    total = sum(p.numel() for p in recipe.model.parameters())
+    recipe.cleanup()
+    assert set(saved) == trainable
+    assert sum(tensor.numel() for tensor in saved.values()) < total / 4
+    resumed = run_finetune(lora_config("resumed"))
+    expected, actual = _final_weights(straight.run_dir), _final_weights(resumed.run_dir)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+
+
 def test_config_errors_say_what_to_change(digit_dataset: Path, tmp_path: Path) -> None:
     from cotaforge.errors import ConfigError
     from cotaforge.train.config import load_finetune_config
@@ -111,3 +137,23 @@ def test_config_errors_say_what_to_change(digit_dataset: Path, tmp_path: Path) -
         load_finetune_config(path, ["model.name_or_path=Qwen/Qwen2-Audio-7B-Instruct"])
     with pytest.raises(ConfigError, match="not found"):
         load_finetune_config(tmp_path / "missing.yaml")
+
+
+def test_the_tiny_model_starts_at_matched_input_scales(digit_dataset: Path, tmp_path: Path) -> None:
+    from transformers.models.whisper.modeling_whisper import sinusoids
+
+    recipe = FinetuneRecipe(tiny_config(digit_dataset, tmp_path))
+    recipe.setup()
+    model = recipe.accelerator.unwrap_model(recipe.model)
+    positions = model.model.audio_tower.embed_positions.weight
+    assert torch.allclose(positions, sinusoids(*positions.shape)) and not positions.requires_grad
+    features = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (4, 80, 200)).astype(np.float32))
+    with torch.no_grad():
+        tower = model.model.audio_tower
+        stem = torch.nn.functional.gelu(tower.conv2(torch.nn.functional.gelu(tower.conv1(features))))
+        audio = model.model.multi_modal_projector(tower(features).last_hidden_state)
+    text_norm = float(model.get_input_embeddings().weight.norm(dim=1).mean())
+    # The sound's features are as large as the positions, and audio enters the decoder like text does.
+    assert 0.2 < float(stem.norm(dim=1).mean()) / float(positions.norm(dim=1).mean()) < 5
+    assert 0.5 < float(audio.norm(dim=-1).mean()) / text_norm < 2
+    recipe.cleanup()

@@ -6,8 +6,15 @@ uses these controls: `decision` (choices accept / reject / edit), `reason` (choi
 `review.reject_reasons`), `note` (text), `edit_<field>` (text: the new text of a field; options one per
 line) and `revision` (number: the revision the decision was made on, or the one an edit created).
 
-Importing records each annotation as a decision of annotator `completed_by` (an e-mail, a name, or
-`labelstudio-<id>`). Edits are validated like edits in the app; an annotation that fails is skipped and
+Label Studio matches an annotation's `completed_by` to its users by e-mail, so each annotation names its
+annotator as `{"email": ...}`: the e-mail given with `review add-annotator NAME --email`, else
+`NAME@DOMAIN` with `--email-domain` (then recorded as theirs); an export with decisions by an annotator who has neither is refused.
+Annotations go out with `ground_truth: false` (Label Studio makes an imported annotation ground truth unless
+told otherwise). Label Studio keeps an annotation's result, `was_cancelled`, `ground_truth`, `lead_time` and
+`id` (as its import id) and drops `created_at` (the import time replaces it).
+
+Importing records each annotation as a decision of annotator `completed_by` (an e-mail, mapped back to
+the annotator who has it, a name, or `labelstudio-<id>`). Edits are validated like edits in the app; an annotation that fails is skipped and
 reported. Re-importing a file adds nothing: each annotation has a deterministic nonce, and a decision the
 annotator's latest one already equals is not stored again.
 """
@@ -21,9 +28,9 @@ from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 from cotaforge.config import stable_hash
-from cotaforge.review.db import NAME_PATTERN, ReviewStore
-from cotaforge.review.decisions import latest_decisions
-from cotaforge.review.samples import EDIT_FIELDS, RunSamples, apply_revision, revise_sample, stored_fields
+from cotaforge.decisions import EDIT_FIELDS, apply_revision, latest_decisions
+from cotaforge.review.db import EMAIL_PATTERN, NAME_PATTERN, ReviewStore, RevisionConflict, UnknownRevision
+from cotaforge.review.samples import RunSamples, revise_sample, stored_fields
 from cotaforge.store import write_text_atomic
 
 TO_NAME = "audio"
@@ -71,10 +78,37 @@ def _edit_text(name: str, value: object) -> str:
     return "\n".join(value) if name == "options" else str(value)
 
 
+def annotator_emails(store: ReviewStore, names: set[str], email_domain: str | None) -> dict[str, str]:
+    """The e-mail of each annotator in `names`: their own, else NAME@email_domain (then recorded as theirs,
+    so importing Label Studio's annotations maps it back to them).
+
+    ValueError naming the annotators with neither, and what to do.
+    """
+    if email_domain is not None and not EMAIL_PATTERN.fullmatch(f"x@{email_domain}"):
+        raise ValueError(f"--email-domain {email_domain!r} is not a domain like example.org")
+    known = store.emails()
+    emails = {name: known.get(name) or (f"{name}@{email_domain}" if email_domain else "") for name in names}
+    missing = sorted(name for name, email in emails.items() if not email)
+    if missing:
+        raise ValueError(f"Label Studio matches annotators by e-mail, and {', '.join(missing)} "
+                         f"{'has' if len(missing) == 1 else 'have'} none: give each one with "
+                         "`cotaforge review add-annotator NAME --run RUN --email ADDRESS`, or pass --email-domain")
+    unusable = sorted(f"{name} ({email})" for name, email in emails.items() if not EMAIL_PATTERN.fullmatch(email))
+    if unusable:
+        raise ValueError(f"not an e-mail address: {', '.join(unusable)}; set one with add-annotator NAME --email")
+    for name in sorted(set(emails) - set(known)):
+        store.add_annotator(name, email=emails[name])
+    return emails
+
+
 def export_tasks(samples: RunSamples, store: ReviewStore, out: Path, audio_prefix: str = "audio/",
-                 audio_dir: Path | None = None) -> int:
-    """Write one task per balanced sample to `out` (and the labeling config beside it); return the count."""
+                 audio_dir: Path | None = None, email_domain: str | None = None) -> int:
+    """Write one task per balanced sample to `out` (and the labeling config beside it); return the count.
+
+    ValueError when an annotator with decisions has no e-mail and no `email_domain` is given.
+    """
     latest = latest_decisions(store.decisions())
+    emails = annotator_emails(store, {name for by in latest.values() for name in by}, email_domain)
     revision_fields = store.revision_fields()
     tasks = []
     for index, entry in enumerate(samples.entries, start=1):
@@ -102,8 +136,8 @@ def export_tasks(samples: RunSamples, store: ReviewStore, out: Path, audio_prefi
             if decision.action == "edit":
                 fields = revision_fields[(entry.sample_id, decision.revision)]
                 result += [_result(f"edit_{f}", "textarea", [_edit_text(f, fields[f])]) for f in EDIT_FIELDS]
-            annotations.append({"id": decision.id, "completed_by": {"email": name}, "result": result,
-                                "created_at": decision.created_at, "was_cancelled": False})
+            annotations.append({"id": decision.id, "completed_by": {"email": emails[name]}, "result": result,
+                                "created_at": decision.created_at, "was_cancelled": False, "ground_truth": False})
         tasks.append({"id": index, "data": data, "annotations": annotations})
         if audio_dir is not None:
             audio_dir.mkdir(parents=True, exist_ok=True)
@@ -113,11 +147,12 @@ def export_tasks(samples: RunSamples, store: ReviewStore, out: Path, audio_prefi
     return len(tasks)
 
 
-def _annotator_name(completed_by: object) -> str:
+def _annotator_name(completed_by: object, by_email: dict[str, str]) -> str:
+    """The annotator an annotation names: the one with its e-mail, else the e-mail, name or id itself."""
     if isinstance(completed_by, dict):
         for key in ("email", "username", "name"):
             if completed_by.get(key):
-                return str(completed_by[key])
+                return by_email.get(str(completed_by[key]).casefold(), str(completed_by[key]))
         completed_by = completed_by.get("id", "unknown")
     if isinstance(completed_by, int):
         return f"labelstudio-{completed_by}"
@@ -163,6 +198,7 @@ def import_tasks(samples: RunSamples, store: ReviewStore, path: Path) -> ImportR
     if not isinstance(tasks, list):
         raise ValueError(f"{path}: expected a JSON list of tasks (Label Studio's JSON export)")
     report = ImportReport()
+    by_email = {email.casefold(): name for name, email in store.emails().items()}
     for task in tasks:
         data = task.get("data", {}) if isinstance(task, dict) else {}
         sample_id = str(data.get("sample_id", ""))
@@ -175,16 +211,16 @@ def import_tasks(samples: RunSamples, store: ReviewStore, path: Path) -> ImportR
         annotations.sort(key=lambda a: _timestamp(a.get("created_at")) or "")
         revision_map: dict[int, int] = {0: 0}
         for annotation in annotations:
-            problem = _import_annotation(samples, store, sample_id, data, annotation, revision_map, report)
+            problem = _import_annotation(samples, store, sample_id, data, annotation, revision_map, report, by_email)
             if problem:
                 report.problems.append(f"sample {sample_id}, annotation {annotation.get('id')}: {problem}")
     return report
 
 
 def _import_annotation(samples: RunSamples, store: ReviewStore, sample_id: str, data: dict, annotation: dict,
-                       revision_map: dict[int, int], report: ImportReport) -> str | None:
+                       revision_map: dict[int, int], report: ImportReport, by_email: dict[str, str]) -> str | None:
     """Record one annotation; return a problem message instead when it cannot be."""
-    name = _annotator_name(annotation.get("completed_by"))
+    name = _annotator_name(annotation.get("completed_by"), by_email)
     if not NAME_PATTERN.fullmatch(name):
         return f"annotator {name!r} is not a usable name"
     values = _read_result(annotation.get("result") or [])
@@ -208,7 +244,7 @@ def _import_annotation(samples: RunSamples, store: ReviewStore, sample_id: str, 
 
     revision = resolve(values.get("revision", data.get("revision", 0)))
 
-    edit_fields = None
+    edit_fields, shown = None, revision
     if action == "edit":
         if not edits:
             return "an edit with no edited text (fill an edit_<field> box)"
@@ -231,10 +267,15 @@ def _import_annotation(samples: RunSamples, store: ReviewStore, sample_id: str, 
         return None
     nonce = "ls:" + stable_hash([sample_id, name, annotation.get("id"), annotation.get("created_at"),
                                  annotation.get("result")], length=40)
-    recorded, stored_revision = store.record_decision(
-        nonce=nonce, sample_id=sample_id, annotator_id=store.ensure_annotator(name), action=action,
-        reason=reason if action == "reject" else "", note=note, revision=revision, edit_fields=edit_fields,
-        source="labelstudio", created_at=_timestamp(annotation.get("created_at")))
+    try:
+        recorded, stored_revision = store.record_decision(
+            nonce=nonce, sample_id=sample_id, annotator_id=store.ensure_annotator(name), action=action,
+            reason=reason if action == "reject" else "", note=note, revision=shown if action == "edit" else revision,
+            edit_fields=edit_fields, source="labelstudio", created_at=_timestamp(annotation.get("created_at")))
+    except RevisionConflict as exc:
+        return f"{exc}; export again and redo this edit on the newest text"
+    except UnknownRevision as exc:
+        return str(exc)
     if action == "edit" and isinstance(values.get("revision"), (int, float)):
         revision_map[int(values["revision"])] = stored_revision
     if recorded:

@@ -10,8 +10,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from cotaforge.review.agreement import krippendorff_alpha_nominal, pairwise_kappas
-from cotaforge.review.db import Decision
-from cotaforge.review.decisions import latest_decisions
+from cotaforge.decisions import Decision
+from cotaforge.decisions import latest_decisions
 from cotaforge.review.samples import RunSamples
 
 

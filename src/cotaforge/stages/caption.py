@@ -1,7 +1,8 @@
 """caption: one detailed caption per clip.
 
 Inputs: `ingest/part-N`. Output: `caption/part-N.parquet` (Caption rows). Mode `facts` writes the caption
-from the clip's class, its grounding metadata and its measured acoustic facts, with no LLM; the LLM modes
+from the clip's class, its grounding metadata and its measured acoustic facts, with no LLM (a scene's, or a
+timed recording's, from its timeline: each sound in order with its times, then the measured facts); the LLM modes
 (`text_llm`, `audio_llm`) go through a teacher backend. Failure modes: none per row in `facts` mode.
 """
 
@@ -16,16 +17,17 @@ import pyarrow as pa
 
 from cotaforge import progress
 from cotaforge.config import RunConfig, stable_hash
-from cotaforge.describe import display_label, fact_phrases
+from cotaforge.describe import display_label, fact_phrases, timeline_phrase
 from cotaforge.models import Rejection, StageReport, TeacherUsage, count_reasons, merge_reports
 from cotaforge.prompts import load_bank, prompt_fingerprint
+from cotaforge.scenes import events_from_json
 from cotaforge.stages.ingest import load_run_stats, read_clips
 from cotaforge.store import CAPTION_SCHEMA, RunDir, fingerprint
 from cotaforge.teacher.base import CaptionRequest, Teacher, TeacherFailure
 from cotaforge.teacher.build import build_teacher
 
 STAGE = "caption"
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: scenes are captioned by their timeline
 CAPTION_PLACEHOLDERS = frozenset({
     "duration", "duration_adj", "duration_cap", "duration_word", "loudness", "loudness_word", "peak", "centroid",
     "brightness_word", "pitch_phrase", "texture_phrase", "onsets_phrase", "answer_text",
@@ -72,7 +74,12 @@ def facts_caption(clip: dict, fields: list[str], seed: int, bank_stem: str) -> s
     values = fact_phrases(clip["facts"])
     values["answer_text"] = " and ".join(f'"{display_label(label)}"' for label in clip["labels"])
     pick = lambda key: rng.choice(bank[key]).format_map(values)  # noqa: E731 - local shorthand
-    text = f"{pick('content')}, {pick('level')}, {pick('character')}. {pick('detail')}"
+    events = events_from_json(clip.get("events") or "[]")
+    if events:  # a scene or a timed recording: its sounds in order, not one class
+        text = (f"{timeline_phrase(events, clip['facts']['duration_s'])}. The whole recording is {pick('level')}, "
+                f"{pick('character')}. {pick('detail')}")
+    else:
+        text = f"{pick('content')}, {pick('level')}, {pick('character')}. {pick('detail')}"
     metadata = json.loads(clip["metadata"])
     facts = [f"its {name.replace('_', ' ')} is {metadata[name]}" for name in fields if metadata.get(name)]
     if facts:
@@ -86,7 +93,8 @@ def caption_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
     mode = cfg.caption.mode
     stats = load_run_stats(run)
     fields = grounding_fields(stats, cfg)
-    upstream = run.part_fingerprint("ingest", batch)
+    # The batch's clips are its ingested clips plus the scenes compose built for it.
+    upstream = [run.part_fingerprint("ingest", batch), run.part_fingerprint("compose", batch)]
     teacher = build_teacher(cfg, STAGE) if mode != "facts" else None
     fp = fingerprint(STAGE, STAGE_VERSION, cfg.section_hash("caption"), cfg.run.seed, upstream,
                      prompt_fingerprint([caption_prompt(cfg)]),

@@ -5,9 +5,13 @@ Inputs: `ingest/part-N`, `caption/part-N`, `ingest/run_stats.json`. Output: `exp
 or facts; the teacher then writes PLANNING, CAPTION, REASONING, SUMMARY and RESPONSE towards that answer.
 Failure modes: a teacher failure becomes a reject row (`teacher_*`) carrying the raw output.
 
-Question types: multiple_choice (the class, or a metadata field; distractors from the run's other classes
-of the same source dataset), yes_no (yes and no alternate per clip, so they balance), open_ended (the
-class), comparison (longer/shorter, louder/quieter, higher/lower pitch than the run's median, rounded).
+Question types of a single clip: multiple_choice (the class, or a metadata field; distractors from the
+run's other classes of the same source dataset), yes_no (yes and no alternate per clip, so they balance),
+open_ended (the class), comparison (longer/shorter, louder/quieter, higher/lower pitch than the run's median,
+rounded). A clip with a timeline of events (a composed scene or a recording with timestamped events) gets
+the scene types instead, answered from the timeline alone (`cotaforge.scene_questions`): count, order,
+duration, loudness, presence, timing. The two scenes of a counterfactual twin pair are both asked one
+question, worded the same, whose answer the twin's change alters; each sample's `twin_of` names the other.
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ from cotaforge import progress
 from cotaforge.config import LLM_PROMPT_STYLE, RunConfig, stable_hash
 from cotaforge.cot import option_letter, render_assistant_text
 from cotaforge.describe import display_label, format_seconds
-from cotaforge.models import SCHEMA_VERSION, Rejection, StageReport, TeacherInfo, count_reasons, merge_reports
+from cotaforge.models import (SCENE_QUESTION_TYPES, SCHEMA_VERSION, Rejection, StageReport, TeacherInfo,
+                              count_reasons, merge_reports)
 from cotaforge.prompts import load_bank, prompt_fingerprint
+from cotaforge.scene_questions import TwinQuestion, plan_scene, target_snr_db, twin_question
+from cotaforge.scenes import Event, events_from_json
 from cotaforge.stages.caption import grounding_fields
 from cotaforge.stages.ingest import load_run_stats, read_clips
 from cotaforge.store import SAMPLE_SCHEMA, RunDir, fingerprint, json_dumps
@@ -33,8 +40,8 @@ from cotaforge.teacher.base import CotRequest, QuestionRequest, Teacher, Teacher
 from cotaforge.teacher.build import build_teacher as _build_teacher
 
 STAGE = "expand"
-STAGE_VERSION = 1
-QUESTION_PLACEHOLDERS = frozenset({"candidate", "field", "more", "less", "reference"})
+STAGE_VERSION = 2
+QUESTION_PLACEHOLDERS = frozenset({"candidate", "field", "more", "less", "reference", "x", "y"})
 
 
 def build_teacher(cfg: RunConfig) -> Teacher:
@@ -90,6 +97,9 @@ class Planned:
     prompt_style: str
     target: str
     target_value: str
+    class_label: str = ""  # the cell balance counts the sample in; the clip's class when empty
+    twin_of: str = ""  # sample_id of the twin scene's sample asked the same question
+    wording_key: str = ""  # samples sharing a key share the teacher-written question (a twin pair)
 
 
 def _sample_id(clip_id: str, *parts: str) -> str:
@@ -97,8 +107,14 @@ def _sample_id(clip_id: str, *parts: str) -> str:
 
 
 def plan_clip(clip: dict, caption: str, cfg: RunConfig, stats: dict, fields: list[str],
-              axes: list[Comparison], bank: dict) -> list[Planned]:
-    """Every question of one clip, with its answer fixed from the clip's labels, metadata or facts."""
+              axes: list[Comparison], bank: dict, twin: "TwinSide | None" = None) -> list[Planned]:
+    """Every question of one clip, with its answer fixed from the clip's labels, metadata or facts.
+
+    A clip with a timeline of events gets the scene questions instead (`plan_scene_clip`).
+    """
+    events = events_from_json(clip.get("events") or "[]")
+    if events:
+        return plan_scene_clip(clip, events, caption, cfg, stats, bank, twin)
     seed = cfg.run.seed
     clip_hash = int(clip["clip_id"][:8], 16)
     labels = [display_label(l) for l in clip["labels"]]
@@ -170,6 +186,116 @@ def plan_clip(clip: dict, caption: str, cfg: RunConfig, stats: dict, fields: lis
     return planned
 
 
+@dataclass(frozen=True)
+class TwinSide:
+    """One scene of a twin pair: the question both are asked, which side this is, and the other scene."""
+
+    question: TwinQuestion
+    is_twin: bool
+    partner_clip_id: str
+    pair_key: str  # the original scene's clip_id: seeds the shared wording
+
+
+def scene_bank_types(bank: dict, cfg: RunConfig) -> list[str]:
+    """The scene question types asked: configured in expand.question_types and phrased in the bank."""
+    return [t for t in cfg.expand.question_types if t in SCENE_QUESTION_TYPES and t in bank]
+
+
+def absent_classes(clip: dict, events: list[Event], stats: dict) -> list[str]:
+    """Classes of the scene's source dataset that it lacks (the 'no' side of presence questions)."""
+    present = {e.class_label for e in events}
+    pool = stats["classes_by_dataset"].get(clip["source_dataset"]) or stats["classes"]
+    return [c for c in dict.fromkeys(display_label(c) for c in pool) if c not in present]
+
+
+def plan_scene_clip(clip: dict, events: list[Event], caption: str, cfg: RunConfig, stats: dict, bank: dict,
+                    twin: TwinSide | None = None) -> list[Planned]:
+    """The scene questions of one clip with a timeline, one per scene type and prompt style.
+
+    Answers come from the timeline (`scene_questions.plan_scene`), which skips what the margin rules leave
+    uncertain. In a twin pair, the pair's question replaces the question of its type in every style, worded
+    alike on both scenes. No questions when the bank has no scene phrasings (questions.v1).
+    """
+    types = scene_bank_types(bank, cfg)
+    if not types:
+        return []
+    seed = cfg.run.seed
+    clip_hash = int(clip["clip_id"][:8], 16)
+    absent = absent_classes(clip, events, stats)
+    snr_db = target_snr_db(cfg)
+    duration_s = clip["facts"]["duration_s"]
+    # Balance cells are by the run's class names: map the timeline's display names back to them.
+    run_class = {display_label(c): c for c in stats["classes"]}
+    first_class = sorted(events, key=lambda e: e.onset_s)[0].class_label
+    planned: list[Planned] = []
+    for style_index, style in enumerate(cfg.expand.prompt_styles):
+        rng = random.Random(stable_hash([seed, clip["clip_id"], style]))
+        questions = [(q, False) for q in plan_scene(events, types, clip_hash + style_index, rng, cfg.expand.n_options,
+                                                    absent, snr_db, duration_s)]
+        if twin is not None and twin.question.question_type in types:
+            questions = [(q, False) for q, _ in questions if q.question_type != twin.question.question_type]
+            questions.append((twin.question.for_scene(twin.is_twin), True))
+        for question, paired in questions:
+            phrase_rng = random.Random(stable_hash([seed, twin.pair_key, style, "twin"])) if paired else rng
+            text = ""
+            if style != LLM_PROMPT_STYLE:
+                text = phrase_rng.choice(bank[question.question_type][question.form][style]).format(
+                    **question.placeholders())
+            id_parts = [question.question_type, style, question.target, cfg.expand.question_bank, question.form,
+                        *question.asked, *(["twin"] if paired else [])]
+            sample_id = _sample_id(clip["clip_id"], *id_parts)
+            cell_class = question.asked[0] if question.asked else first_class
+            request = CotRequest(
+                sample_id=sample_id, question_type=question.question_type, target=question.target, question=text,
+                options=list(question.options), answer=question.answer, answer_text=question.target_value,
+                caption=caption, facts=clip["facts"], asked_value=question.asked_json, seed=seed,
+                events=tuple(events), form=question.form, asked=question.asked)
+            planned.append(Planned(
+                request, clip, style, question.target, question.target_value,
+                class_label=run_class.get(cell_class, cell_class),
+                twin_of=_sample_id(twin.partner_clip_id, *id_parts) if paired else "",
+                wording_key=stable_hash([twin.pair_key, style, question.form, question.asked]) if paired else ""))
+    return planned
+
+
+def twin_sides(clips: list[dict], cfg: RunConfig) -> tuple[dict[str, TwinSide], list[str]]:
+    """Both scenes of every twin pair in the batch, with the question whose answer the change alters.
+
+    Compose puts a twin in its original's batch. A pair left without a question (its partner is not in the
+    batch, or no question is certain on both scenes) is not linked, and is counted in the notes.
+    """
+    by_id = {c["clip_id"]: c for c in clips}
+    sides: dict[str, TwinSide] = {}
+    missing = unasked = extra = 0
+    snr_db = target_snr_db(cfg)
+    for clip in clips:
+        original_id = clip.get("twin_of_clip") or ""
+        if not original_id:
+            continue
+        original = by_id.get(original_id)
+        if original is None:
+            missing += 1
+            continue
+        if original_id in sides:
+            extra += 1
+            continue
+        question = twin_question(events_from_json(original["events"]), events_from_json(clip["events"]),
+                                 json.loads(clip.get("twin_change") or "{}"), snr_db)
+        if question is None:
+            unasked += 1
+            continue
+        sides[clip["clip_id"]] = TwinSide(question, True, original_id, original_id)
+        sides[original_id] = TwinSide(question, False, clip["clip_id"], original_id)
+    notes = []
+    if missing:
+        notes.append(f"{missing} twin scenes left unlinked: their original scene is not in their batch")
+    if unasked:
+        notes.append(f"{unasked} twin pairs left unlinked: no question is certain on both scenes and differs")
+    if extra:
+        notes.append(f"{extra} twin scenes left unlinked: their original already has a linked twin")
+    return sides, notes
+
+
 def write_llm_questions(planned: list[Planned], teacher: Teacher) -> tuple[list[Planned], list[tuple[Planned, TeacherFailure]]]:
     """Questions of the `llm` prompt style, worded by the teacher around each answer fixed in `plan_clip`.
 
@@ -181,21 +307,38 @@ def write_llm_questions(planned: list[Planned], teacher: Teacher) -> tuple[list[
     if not asked:
         return planned, []
     requests = []
+    shared: dict[str, int] = {}  # wording key -> the request that words it for every sample with that key
+    owner = []
     for item in asked:
         req = item.request
+        if item.wording_key and item.wording_key in shared:
+            owner.append(shared[item.wording_key])
+            continue
+        if item.wording_key:
+            shared[item.wording_key] = len(requests)
+        owner.append(len(requests))
+        if req.events:  # a scene question: the options are fixed, the teacher words the question only
+            requests.append(QuestionRequest(
+                sample_id=req.sample_id, question_type=req.question_type, answer_text=item.target_value,
+                caption=req.caption, facts=req.facts, asked_value=req.asked_value, seed=req.seed,
+                form=req.form, asked=req.asked, options=tuple(req.options)))
+            continue
         avoid = tuple(display_label(l) for l in item.clip["labels"]) if item.target == "class" else ()
         requests.append(QuestionRequest(
             sample_id=req.sample_id, question_type=req.question_type, answer_text=item.target_value,
             caption=req.caption, facts=req.facts, asked_value=req.asked_value, field_name=req.field_name,
             grounding=req.grounding, n_wrong_options=max(len(req.options) - 1, 0), avoid=avoid, seed=req.seed))
+    drafts = teacher.write_questions(requests)
     failed: list[tuple[Planned, TeacherFailure]] = []
-    for item, draft in zip(asked, teacher.write_questions(requests)):
+    for item, draft in zip(asked, (drafts[i] for i in owner)):
         if isinstance(draft, TeacherFailure):
             failed.append((item, draft))
             continue
         req = item.request
         options: list[str] = []
-        if req.options:
+        if req.events:
+            options = list(req.options)
+        elif req.options:
             correct = ord(req.answer) - ord("A")
             options = [o.strip() for o in draft.wrong_options]
             options.insert(correct, req.options[correct])
@@ -223,13 +366,15 @@ def _sample_row(item: Planned, stages: dict[str, str], teacher_info: dict) -> di
         "sample_id": req.sample_id, "clip_id": clip["clip_id"], "group_id": clip["group_id"],
         "source_dataset": clip["source_dataset"], "source_path": clip["source_path"], "source_id": clip["source_id"],
         "duration_s": clip["facts"]["duration_s"], "sample_rate_hz": clip["sample_rate_hz"], "labels": clip["labels"],
-        "class_label": clip["class_label"], "metadata": clip["metadata"], "question_type": req.question_type,
+        "class_label": item.class_label or clip["class_label"], "metadata": clip["metadata"],
+        "question_type": req.question_type,
         "prompt_style": item.prompt_style, "target": item.target, "target_value": item.target_value,
         "asked_value": req.asked_value, "question": req.question, "options": req.options, "answer": req.answer,
         **stages, "assistant_text": render_assistant_text(stages),
         "teacher": teacher_info,
         "validation": json_dumps({"grounding": req.grounding}) if req.grounding else "{}",
         "review": "", "split": "", "schema_version": SCHEMA_VERSION,
+        "scene_kind": clip.get("scene_kind") or "", "events": clip.get("events") or "[]", "twin_of": item.twin_of,
     }
 
 
@@ -243,7 +388,7 @@ def expand_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
     stats_key = {k: stats[k] for k in ("classes_by_dataset", "metadata_values", "fact_medians", "classes")}
     fp = fingerprint(STAGE, STAGE_VERSION, cfg.section_hash("expand"), cfg.run.seed, teacher.fingerprint(),
                      prompt_fingerprint([cfg.expand.question_bank]),
-                     run.part_fingerprint("caption", batch), stable_hash([stats_key, fields]))
+                     run.part_fingerprint("caption", batch), stable_hash([stats_key, fields]), target_snr_db(cfg))
     if run.part_fingerprint(STAGE, batch) == fp:
         report = run.stored_report(STAGE, batch)
         progress.advance(STAGE, report.rows_in)
@@ -252,9 +397,15 @@ def expand_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
     captions = dict(zip(*(run.read_part("caption", batch, ["clip_id", "text"])[c].to_pylist()
                           for c in ("clip_id", "text"))))
     axes = comparisons(stats)
+    twins, notes = twin_sides(clips, cfg)
     # A clip whose LLM caption failed has no caption row: it is already a caption reject.
     planned = [item for clip in clips if clip["clip_id"] in captions for item in
-               plan_clip(clip, captions[clip["clip_id"]], cfg, stats, fields.get(clip["source_dataset"], []), axes, bank)]
+               plan_clip(clip, captions[clip["clip_id"]], cfg, stats, fields.get(clip["source_dataset"], []), axes, bank,
+                         twins.get(clip["clip_id"]))]
+    scenes = sum(1 for clip in clips if (clip.get("events") or "[]") != "[]")
+    if scenes and not scene_bank_types(bank, cfg):
+        notes.append(f"{scenes} scenes got no questions: {cfg.expand.question_bank} has no scene phrasings or "
+                     "expand.question_types lists no scene type; use questions.v2")
     planned, question_failures = write_llm_questions(planned, teacher)
     rejects = [_teacher_reject(item, failure) for item, failure in question_failures]
     results = teacher.write_cots([item.request for item in planned])
@@ -267,7 +418,7 @@ def expand_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
     progress.advance(STAGE, len(clips))
     rejected = count_reasons(rejects)
     report = StageReport(stage=STAGE, rows_in=len(clips), rows_out=len(rows), rejected=rejected, parts_done=1,
-                         seconds=time.perf_counter() - started, teacher=teacher.usage)
+                         seconds=time.perf_counter() - started, teacher=teacher.usage, notes=notes)
     run.write_part(STAGE, batch, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), fp, rejects, report)
     return report
 

@@ -3,8 +3,11 @@
 Inputs: the run's manifests. Outputs: `ingest/part-NNNNN.parquet` (clip rows with the 16 kHz WAV bytes),
 `ingest/index.parquet` and `ingest/run_stats.json` (classes, metadata values, fact medians, duplicates).
 Failure modes, each a reject row naming the manifest row and file: path_missing, label_missing,
-label_markup, label_not_a_class_name, file_missing, file_empty, file_truncated, decode_failed, silent,
-too_short, too_long, duplicate. Stereo, float and odd sample rates are converted, not rejected.
+label_markup, label_not_a_class_name, segment_invalid, segment_out_of_range, event_invalid,
+event_out_of_range, file_missing, file_empty, file_truncated, decode_failed, silent, too_short, too_long,
+duplicate. Stereo, float and odd sample rates are converted, not rejected.
+A row with a window (`start_s`/`end_s`) decodes only that window of its file. A recording with timestamped
+events becomes one clip with scene_kind "recording" and its `events` timeline (levels measured here).
 """
 
 from __future__ import annotations
@@ -21,14 +24,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cotaforge import progress
-from cotaforge.audio import AudioDecodeError, acoustic_facts, content_hash, decode_audio, to_pcm16, wav_bytes
+from cotaforge.audio import (SEGMENT_END_TOLERANCE_S, AudioDecodeError, DecodedAudio, acoustic_facts, content_hash,
+                             decode_audio, rms_dbfs, to_pcm16, wav_bytes)
 from cotaforge.config import RunConfig, stable_hash
-from cotaforge.manifest import ManifestRow, frame_to_rows, read_manifests, rows_to_frame
-from cotaforge.models import Rejection, StageReport, merge_reports, count_reasons
+from cotaforge.describe import display_label
+from cotaforge.manifest import ManifestRow, frame_to_rows, read_inputs, rows_to_frame
+from cotaforge.models import SAMPLE_RATE_HZ, Rejection, StageReport, merge_reports, count_reasons
+from cotaforge.scenes import Event, events_to_json
 from cotaforge.store import CLIP_SCHEMA, RunDir, fingerprint, json_dumps, write_rejects, write_table_atomic, write_text_atomic
 
 STAGE = "ingest"
-STAGE_VERSION = 1  # bump when the code changes what a part holds
+STAGE_VERSION = 2  # bump when the code changes what a part holds
 MAX_METADATA_VALUES = 50
 
 _MARKUP = re.compile(r"[<>{}`\\]|&[a-z#0-9]+;|\b(?:javascript|data):", re.IGNORECASE)
@@ -57,11 +63,16 @@ def label_problem(label: str, cfg: RunConfig) -> tuple[str, str] | None:
 def prepare_ingest(cfg: RunConfig) -> RunDir:
     """Read the manifests, save the combined manifest and the resolved config in the run directory."""
     run = RunDir.for_config(cfg)
-    rows = read_manifests(cfg.inputs.manifests, cfg.inputs.group_by)
+    read = read_inputs(cfg.inputs)
+    rows = read.rows
     batches = math.ceil(len(rows) / cfg.run.batch_size)
     frame = rows_to_frame(rows)
     table = pa.Table.from_pandas(frame, preserve_index=False)
-    write_table_atomic(table, run.manifest_path, {b"cotaforge.batches": str(batches).encode()})
+    # What reading decided travels with the manifest: the run report's notes, and the provenance columns
+    # (folds, source ids, windows) that run_stats leaves out so no question asks about them.
+    write_table_atomic(table, run.manifest_path, {b"cotaforge.batches": str(batches).encode(),
+                                                  b"cotaforge.notes": json.dumps(read.notes).encode(),
+                                                  b"cotaforge.provenance": json.dumps(read.provenance).encode()})
     import yaml
 
     write_text_atomic(run.root / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
@@ -103,7 +114,7 @@ def _ingest_row(row: ManifestRow, cfg: RunConfig) -> dict | Rejection:
         if problem:
             return _reject(row, *problem)
     try:
-        decoded = decode_audio(Path(row.resolved_path))
+        decoded = _decode(row)
     except AudioDecodeError as exc:
         return _reject(row, exc.reason, str(exc))
     duration_s = len(decoded.samples) / 16_000
@@ -121,14 +132,48 @@ def _ingest_row(row: ManifestRow, cfg: RunConfig) -> dict | Rejection:
     facts = acoustic_facts(decoded.samples, decoded.clipping_ratio)
     clip_id = content_hash(pcm16)
     group = f"{row.source_dataset}:{row.group}" if row.group else clip_id
+    events = "[]"
+    if row.events:
+        late = [e for e in row.events if e["offset_s"] > duration_s + SEGMENT_END_TOLERANCE_S]
+        if late:
+            return _reject(row, "event_out_of_range", f"{row.source_path} lasts {duration_s:.3f} s but an event of "
+                                                      f"{late[0]['label']!r} ends at {late[0]['offset_s']:g} s; "
+                                                      "fix the annotation or the file")
+        events = events_to_json(_recording_events(row, decoded.samples, clip_id))
     return {
         "clip_id": clip_id, "group_id": group, "source_dataset": row.source_dataset,
         "source_path": row.source_path, "source_id": row.source_id, "manifest_row": row.manifest_row,
         "labels": row.labels, "class_label": row.labels[0], "metadata": json_dumps(row.metadata),
         "original_sample_rate_hz": decoded.original_sample_rate_hz, "original_channels": decoded.original_channels,
-        "sample_rate_hz": 16_000, "facts": facts.model_dump(), "row_index": row.row_index,
+        "sample_rate_hz": 16_000, "facts": facts.model_dump(), "scene_kind": "recording" if row.events else "",
+        "events": events, "twin_of_clip": "", "twin_change": "", "row_index": row.row_index,
         "audio_wav": wav_bytes(pcm16),
     }
+
+
+def _decode(row: ManifestRow) -> DecodedAudio:
+    """The row's audio: its file (or its window of the file), or its bytes inside a dataset shard."""
+    if row.table_row >= 0:
+        from cotaforge.hf_input import read_audio_cell
+
+        data, inner_path = read_audio_cell(Path(row.resolved_path), row.table_row, row.audio_column)
+        if data is None:
+            return decode_audio(Path(inner_path), row.start_s, row.end_s)
+        return decode_audio(Path(f"{row.resolved_path}[{row.table_row}]"), row.start_s, row.end_s, data=data)
+    return decode_audio(Path(row.resolved_path), row.start_s, row.end_s)
+
+
+def _recording_events(row: ManifestRow, samples: np.ndarray, clip_id: str) -> list[Event]:
+    """The annotated events as a timeline: each one's level is the RMS of the recording over its span."""
+    events = []
+    for event in row.events:
+        first = int(round(event["onset_s"] * SAMPLE_RATE_HZ))
+        last = min(len(samples), int(round(event["offset_s"] * SAMPLE_RATE_HZ)))
+        events.append(Event(class_label=display_label(event["label"]), source_path=row.source_path,
+                            source_id=row.source_id, clip_id=clip_id, onset_s=event["onset_s"],
+                            offset_s=min(event["offset_s"], len(samples) / SAMPLE_RATE_HZ), gain_db=0.0,
+                            level_dbfs=rms_dbfs(samples[first:max(last, first + 1)])))
+    return events
 
 
 def ingest_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
@@ -184,11 +229,15 @@ def finalize_ingest(run: RunDir, cfg: RunConfig) -> StageReport:
             first_row[clip_id] = (row_index, manifest_row)
     write_rejects(run.rejects_path(STAGE, "duplicates"), duplicates)
     kept = index.filter(pc.invert(pc.is_in(index["row_index"], pa.array(duplicate_rows, pa.int64()))))
-    stats = _run_stats(kept, duplicate_rows)
+    manifest_metadata = pq.read_schema(run.manifest_path).metadata or {}
+    provenance = json.loads(manifest_metadata.get(b"cotaforge.provenance", b"{}"))
+    stats = _run_stats(kept, duplicate_rows, provenance)
     write_text_atomic(run.stage_dir(STAGE) / "run_stats.json", json.dumps(stats, indent=1, sort_keys=True))
     rejected = {"duplicate": len(duplicates)} if duplicates else {}
+    notes = json.loads(manifest_metadata.get(b"cotaforge.notes", b"[]"))
     return StageReport(stage=STAGE, rows_in=index.num_rows, rows_out=kept.num_rows, rejected=rejected,
-                       notes=[f"{len(stats['classes'])} classes across {len(stats['classes_by_dataset'])} source datasets"])
+                       notes=notes + [f"{len(stats['classes'])} classes across {len(stats['classes_by_dataset'])} "
+                                      "source datasets"])
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -196,7 +245,9 @@ def _median(values: list[float | None]) -> float | None:
     return float(np.median(present)) if present else None
 
 
-def _run_stats(index: pa.Table, duplicate_rows: list[int]) -> dict:
+def _run_stats(index: pa.Table, duplicate_rows: list[int], provenance: dict[str, list[str]]) -> dict:
+    """Classes, metadata values and fact medians; provenance columns (folds, source ids, windows) are left
+    out of the metadata values so that no question or caption speaks of them."""
     classes_by_dataset: dict[str, set[str]] = {}
     metadata_values: dict[str, dict[str, set[str]]] = {}
     class_pairs: dict[str, dict[str, set[tuple[str, str]]]] = {}  # which values meet which classes
@@ -206,6 +257,8 @@ def _run_stats(index: pa.Table, duplicate_rows: list[int]) -> dict:
         fields = metadata_values.setdefault(dataset, {})
         pairs = class_pairs.setdefault(dataset, {})
         for key, value in json.loads(metadata).items():
+            if key in provenance.get(dataset, ()):
+                continue
             values = fields.setdefault(key, set())
             if len(values) <= MAX_METADATA_VALUES:
                 values.add(value)
@@ -234,13 +287,31 @@ def load_run_stats(run: RunDir) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def read_clips(run: RunDir, batch: int, stats: dict, with_audio: bool = False) -> pa.Table:
-    """The batch's ingested clips without the duplicates of earlier batches."""
+def read_clips(run: RunDir, batch: int, stats: dict, with_audio: bool = False, with_scenes: bool = True) -> pa.Table:
+    """The batch's clips: its ingested clips without the duplicates of earlier batches, then the scenes the
+    compose stage built for the batch (when it has run; `with_scenes=False` leaves them out)."""
     columns = [c for c in CLIP_SCHEMA.names if with_audio or c != "audio_wav"]
     table = run.read_part(STAGE, batch, columns)
     if stats["duplicate_rows"]:
         table = table.filter(pc.invert(pc.is_in(table["row_index"], pa.array(stats["duplicate_rows"], pa.int64()))))
+    if with_scenes and run.part_path("compose", batch).exists():
+        table = pa.concat_tables([table, run.read_part("compose", batch, columns)])
     return table
+
+
+def clip_count(run: RunDir) -> int:
+    """How many clips the stages after compose see: the ingested ones (less duplicates) plus the scenes."""
+    scenes = sum(pq.read_metadata(run.part_path("compose", b)).num_rows for b in range(run.batch_count())
+                 if run.part_path("compose", b).exists())
+    return load_run_stats(run)["clips"] + scenes
+
+
+def read_clip_audio(run: RunDir, batch: int) -> pa.Table:
+    """`clip_id` and `audio_wav` of every clip of the batch, ingested or composed (duplicates included)."""
+    columns = ["clip_id", "audio_wav"]
+    tables = [run.read_part(stage, batch, columns) for stage in (STAGE, "compose")
+              if stage == STAGE or run.part_path(stage, batch).exists()]
+    return pa.concat_tables(tables)
 
 
 def summarize_ingest(batch_reports: list[StageReport], final: StageReport) -> StageReport:

@@ -19,7 +19,6 @@ import html
 import json
 import shutil
 import time
-import uuid
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,11 +33,14 @@ from cotaforge.config import RunConfig, stable_hash
 from cotaforge.cot import option_letter
 from cotaforge.models import (SAMPLE_RATE_HZ, SCHEMA_VERSION, SYSTEM_PROMPT, Rejection, ShardInfo, ShardManifest,
                               StageReport)
-from cotaforge.store import SAMPLE_SCHEMA, RunDir, dictionary_columns, fingerprint, write_rejects
+from cotaforge.stages.ingest import read_clip_audio
+from cotaforge.store import (SAMPLE_SCHEMA, RunDir, dictionary_columns, fingerprint, owner_alive, owner_tag,
+                             write_rejects)
 
 STAGE = "publish"
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 COT_LENGTH_BINS = list(range(0, 1001, 25))  # words
+SCENE_EXAMPLES = 4  # scenes drawn in the card's timeline picture
 
 MESSAGE_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -67,24 +69,42 @@ def hf_features() -> dict:
     return features
 
 
-def assign_splits(groups: dict[str, dict[str, int]], ratios: dict[str, float], seed: int) -> dict[str, str]:
+def pinned_split(group_id: str, pinned: dict[str, str]) -> str | None:
+    """The split `publish.group_splits` pins a group to: by its full id or by the manifest's value after
+    the `<source_dataset>:` prefix ingest adds (so `{'5': test}` pins ESC-50's fold 5)."""
+    if group_id in pinned:
+        return pinned[group_id]
+    _, _, value = group_id.partition(":")
+    return pinned.get(value) if value else None
+
+
+def assign_splits(groups: dict[str, dict[str, int]], ratios: dict[str, float], seed: int,
+                  pinned: dict[str, str] | None = None) -> dict[str, str]:
     """Map each group to a split, per source dataset, so sample counts follow the ratios.
 
-    `groups` is {source_dataset: {group_id: samples}}. Groups are taken in a seeded hash order; while a
-    dataset has groups enough, every split with a positive ratio first gets one (smallest ratio first),
-    then each group goes to the split furthest below its share.
+    `groups` is {source_dataset: {group_id: samples}}. Groups `pinned` names (see `pinned_split`) go to
+    their split first. The rest are taken in a seeded hash order; while a dataset has groups enough, every
+    split with a positive ratio and no pinned group first gets one (smallest ratio first), then each group
+    goes to the split furthest below its share.
     """
     splits = sorted((s for s, r in ratios.items() if r > 0), key=lambda s: (ratios[s], s))
     assignment: dict[str, str] = {}
     for dataset in sorted(groups):
         counts = groups[dataset]
-        order = sorted(counts, key=lambda g: stable_hash([seed, g]))
         assigned = {s: 0 for s in splits}
         total = 0
+        for group in sorted(counts):
+            split = pinned_split(group, pinned or {})
+            if split is not None:
+                assignment[group] = split
+                assigned[split] = assigned.get(split, 0) + counts[group]
+                total += counts[group]
+        order = sorted((g for g in counts if g not in assignment), key=lambda g: stable_hash([seed, g]))
+        empty = [s for s in splits if not assigned[s]]
         for i, group in enumerate(order):
             total += counts[group]
-            if len(order) >= len(splits) and i < len(splits):
-                split = splits[i]
+            if len(order) >= len(empty) and i < len(empty):
+                split = empty[i]
             else:
                 split = max(splits, key=lambda s: (ratios[s] * total - assigned[s], ratios[s]))
             assigned[split] += counts[group]
@@ -143,6 +163,38 @@ class _Stats:
         self.sources = Counter()
         self.cot_words = Counter()  # histogram bin -> count
         self.cot_words_total = 0
+        self.types = Counter()  # question_type -> rows
+        self.scene_rows = Counter()  # scene_kind -> rows
+        self.scenes: dict[str, set[str]] = {}  # scene_kind -> clip ids
+        self.twin_rows = 0
+        self.example_scenes: dict[str, dict[str, str]] = {}  # scene_kind -> {clip_id: events JSON}, a few each
+
+    def add_scenes(self, table: pa.Table) -> None:
+        """Scene counts per kind, twins, and a few scenes (of different kinds first) for the timeline picture."""
+        self.twin_rows += int(pc.sum(pc.not_equal(table["twin_of"], "")).as_py() or 0)
+        scenes = table.filter(pc.not_equal(table["scene_kind"], ""))
+        if not scenes.num_rows:
+            return
+        kinds, clip_ids = scenes["scene_kind"].to_pylist(), scenes["clip_id"].to_pylist()
+        for kind, clip_id in zip(kinds, clip_ids):
+            self.scene_rows[kind] += 1
+            self.scenes.setdefault(kind, set()).add(clip_id)
+        if any(len(self.example_scenes.get(k, {})) < SCENE_EXAMPLES for k in set(kinds)):
+            for kind, clip_id, events in zip(kinds, clip_ids, scenes["events"].to_pylist()):
+                examples = self.example_scenes.setdefault(kind, {})
+                if len(examples) < SCENE_EXAMPLES:
+                    examples.setdefault(clip_id, events)
+
+    def scenes_to_draw(self) -> list[tuple[str, str, str]]:
+        """(clip_id, kind, events) of SCENE_EXAMPLES scenes, taking the kinds in turn."""
+        queues = {k: list(v.items()) for k, v in sorted(self.example_scenes.items())}
+        chosen: list[tuple[str, str, str]] = []
+        while len(chosen) < SCENE_EXAMPLES and any(queues.values()):
+            for kind, queue in queues.items():
+                if queue and len(chosen) < SCENE_EXAMPLES:
+                    clip_id, events = queue.pop(0)
+                    chosen.append((clip_id, kind, events))
+        return chosen
 
     def add(self, table: pa.Table) -> None:
         def counts(columns: list[str]) -> dict[tuple, int]:
@@ -157,8 +209,10 @@ class _Stats:
             self.split_classes[(split, cls)] += n
         for (source,), n in counts(["source_dataset"]).items():
             self.sources[source] += n
-        for (qtype, answer), n in counts(["question_type", "answer"]).items():
-            self.answers[(qtype, answer if qtype in ("multiple_choice", "yes_no") else "-")] += n
+        for (qtype, target, answer), n in counts(["question_type", "target", "answer"]).items():
+            self.answers[(qtype, _answer_bucket(qtype, target, answer))] += n
+            self.types[qtype] += n
+        self.add_scenes(table)
         # Words as separators + 1: the assistant text is single-spaced, and a literal count is cheap.
         text = table["assistant_text"]
         words = (pc.count_substring(text, " ").to_numpy(zero_copy_only=False)
@@ -167,6 +221,22 @@ class _Stats:
         bins = np.minimum(words // 25 * 25, COT_LENGTH_BINS[-1])
         for value, n in zip(*np.unique(bins, return_counts=True)):
             self.cot_words[int(value)] += int(n)
+
+
+def _answer_bucket(question_type: str, target: str, answer: str) -> str:
+    """How the card tabulates an answer: letters, yes/no, counts and sound names as they are; open start
+    times by whole second; the free answers of single-clip questions as '-'."""
+    if question_type in ("multiple_choice", "yes_no"):
+        return answer
+    if not target.startswith("scene."):
+        return "-"
+    if target == "scene.onset" and not (len(answer) == 1 and answer.isupper()):
+        try:
+            second = int(float(answer))
+        except ValueError:
+            return answer
+        return f"{second}-{second + 1} s"
+    return answer
 
 
 def _user_texts(table: pa.Table) -> pa.Array:
@@ -229,11 +299,13 @@ def publish_fingerprint(run: RunDir, cfg: RunConfig, extra: object = None) -> st
 
 def run_publish(run: RunDir, cfg: RunConfig) -> StageReport:
     """Write the dataset version (skipped when the same inputs already made it); push it if configured."""
-    from cotaforge.review.decisions import decisions_fingerprint, load_decisions
+    from cotaforge.decisions import decisions_fingerprint, load_decisions
 
     started = time.perf_counter()
     target = dataset_dir(cfg)
-    decisions = load_decisions(run, cfg)
+    recovered = recover_dataset(target) + [str(p) for p in run.clear_stale_temporaries()]
+    review = load_decisions(run, cfg)
+    decisions = review.outcomes
     # A new review decision republishes; without any the fingerprint is what it was before review existed.
     fp = publish_fingerprint(run, cfg, decisions_fingerprint(decisions) if decisions else None)
     manifest_file = target / "manifest.json"
@@ -243,6 +315,10 @@ def run_publish(run: RunDir, cfg: RunConfig) -> StageReport:
                              parts_skipped=1, notes=[f"dataset unchanged at {target}"])
     else:
         report = _write_dataset(run, cfg, target, fp, started, decisions)
+    # A decision publish cannot apply (say, one naming a revision that does not exist) is named, never fatal.
+    report.notes += review.skipped
+    if recovered:
+        report.notes.append("cleared what a stopped publish left: " + "; ".join(recovered))
     if cfg.publish.push_to_hub:
         push_to_hub(target, cfg.publish.push_to_hub, cfg.publish.private)
         report.notes.append(f"pushed to the Hub as {cfg.publish.push_to_hub}")
@@ -261,10 +337,13 @@ def _group_counts(run: RunDir) -> dict[str, dict[str, int]]:
 def _write_dataset(run: RunDir, cfg: RunConfig, target: Path, fp: str, started: float,
                    decisions: dict | None = None) -> StageReport:
     """Write the version; `decisions` (sample id -> review outcome) drop rejected rows and apply edits."""
-    from cotaforge.review.decisions import apply_decisions
+    from cotaforge.decisions import apply_decisions
+    from cotaforge.stages.compose import read_splits  # compose imports this module
 
-    split_of = assign_splits(_group_counts(run), cfg.publish.splits, cfg.run.seed)
-    work = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    # The splits compose decided before building scenes win; groups it never saw are assigned here.
+    split_of = {**assign_splits(_group_counts(run), cfg.publish.splits, cfg.run.seed, cfg.publish.group_splits),
+                **read_splits(run)}
+    work = target.parent / f".{target.name}.tmp-{owner_tag()}"
     (work / "data").mkdir(parents=True)
     metadata = {b"huggingface": json.dumps({"info": {"features": hf_features()}}).encode()}
     writers = {s: _SplitWriter(work / "data", s, cfg.publish.shard_rows, metadata) for s in cfg.publish.splits}
@@ -276,9 +355,10 @@ def _write_dataset(run: RunDir, cfg: RunConfig, target: Path, fp: str, started: 
             if decisions:
                 review_rejects += _review_rejects(table, decisions)
                 table, _ = apply_decisions(table, decisions)
+                table = _unlink_rejected_twins(table, decisions)
             if table.num_rows == 0:
                 continue
-            ingest = run.read_part("ingest", batch, ["clip_id", "audio_wav"])
+            ingest = read_clip_audio(run, batch)
             published = _published_table(table, ingest, split_of)
             stats.add(published)
             split_column = published["split"]
@@ -309,6 +389,16 @@ def _write_dataset(run: RunDir, cfg: RunConfig, target: Path, fp: str, started: 
                        notes=[f"dataset at {target}: " + ", ".join(f"{s} {stats.rows.get(s, 0)}" for s in cfg.publish.splits)])
 
 
+def _unlink_rejected_twins(table: pa.Table, decisions: dict) -> pa.Table:
+    """Clear `twin_of` where review rejected the twin, so no published row names a row that is not there."""
+    rejected = {sid for sid, outcome in decisions.items() if not outcome.keep}
+    twins = table["twin_of"].to_pylist()
+    if not rejected or not any(t in rejected for t in twins):
+        return table
+    cleared = pa.array(["" if t in rejected else t for t in twins], pa.string())
+    return table.set_column(table.schema.get_field_index("twin_of"), "twin_of", cleared)
+
+
 def _review_rejects(table: pa.Table, decisions: dict) -> list[Rejection]:
     rejects = []
     for sample_id, clip_id in zip(table["sample_id"].to_pylist(), table["clip_id"].to_pylist()):
@@ -319,7 +409,7 @@ def _review_rejects(table: pa.Table, decisions: dict) -> list[Rejection]:
             rejects.append(Rejection(stage=STAGE, reason="review_rejected", reasons=["review_rejected"],
                                      sample_id=sample_id, clip_id=clip_id,
                                      message=f"sample {sample_id} rejected in review by "
-                                             f"{', '.join(review['annotators'])} ({why})"))
+                                             f"{', '.join(outcome.rejected_by)} ({why})"))
     return rejects
 
 
@@ -336,11 +426,59 @@ def _finalize_shards(work: Path, writers: dict[str, _SplitWriter]) -> list[Shard
 
 
 def _swap_into_place(work: Path, target: Path) -> None:
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    """Rename the finished `work` folder to `target`, moving an existing version aside first.
+
+    The aside name shares the work folder's owner tag (`.v1.tmp-<tag>` -> `.v1.old-<tag>`), which is what
+    lets `recover_dataset` finish a swap that was killed between the two renames.
+    """
+    tag = work.name.split(".tmp-", 1)[1]
+    old = target.parent / f".{target.name}.old-{tag}"
     if target.exists():
         target.rename(old)
     work.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dataset(target: Path) -> list[str]:
+    """Repair what a killed publish left beside `target` (`<datasets>/<name>/<version>`); what it did, in words.
+
+    - `.<version>.old-<tag>` with no `<version>`: killed between the swap's renames. The new version
+      (`.<version>.tmp-<tag>`) was complete, so it is moved into place; without it the old one is restored.
+    - `.<version>.old-<tag>` beside `<version>`: killed before the old version was deleted; it is deleted.
+    - `.<version>.tmp-<tag>` otherwise: a version being built; deleted.
+    Folders whose writer is still alive (same host, live pid) are left alone.
+    """
+    parent = target.parent
+    if not parent.is_dir():
+        return []
+    done = []
+    prefix = f".{target.name}."
+    for old in sorted(parent.glob(f"{prefix}old-*")):
+        tag = old.name[len(prefix) + len("old-"):]
+        if not old.is_dir() or _owner_live(tag):
+            continue
+        work = parent / f"{prefix}tmp-{tag}"
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            done.append(f"removed {old.name}, the version replaced by {target.name}")
+        elif (work / "manifest.json").is_file() and (work / "README.md").is_file():
+            work.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+            done.append(f"completed the swap of {target.name} from {work.name}")
+        else:
+            old.rename(target)
+            done.append(f"restored {target.name} from {old.name}")
+    for work in sorted(parent.glob(f"{prefix}tmp-*")):
+        if work.is_dir() and not _owner_live(work.name[len(prefix) + len("tmp-"):]):
+            shutil.rmtree(work, ignore_errors=True)
+            done.append(f"removed the unfinished {work.name}")
+    return done
+
+
+def _owner_live(tag: str) -> bool:
+    """Whether a folder's writer may still be at work; a tag that names no owner (8 hex digits, from before
+    tags named one) is taken as a dead writer's."""
+    return owner_alive(tag) if tag.count("-") >= 2 else False
 
 
 def _md(text: object) -> str:
@@ -380,6 +518,32 @@ def _write_plots(folder: Path, stats: _Stats) -> None:
     ax.set_title("CoT length")
     fig.tight_layout()
     fig.savefig(folder / "cot_length_hist.png", dpi=100)
+    plt.close(fig)
+    if stats.example_scenes:
+        _plot_timelines(folder / "scene_timelines.png", stats.scenes_to_draw(), plt)
+
+
+def _plot_timelines(path: Path, scenes: list[tuple[str, str, str]], plt) -> None:
+    """One panel per scene: each sound a bar from its onset to its offset on its class's row, labeled with its
+    level, so a reader sees what the count, order, duration, loudness and timing questions were asked about."""
+    fig, axes = plt.subplots(len(scenes), 1, figsize=(7.5, 0.9 + 1.25 * len(scenes)), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for ax, (clip_id, kind, events_json) in zip(axes[:, 0], scenes):
+        events = json.loads(events_json)
+        classes = list(dict.fromkeys(e["class_label"] for e in events))
+        for e in events:
+            row = classes.index(e["class_label"])
+            ax.broken_barh([(e["onset_s"], e["offset_s"] - e["onset_s"])], (row - 0.35, 0.7),
+                           color=colors(row % 10), alpha=0.85)
+            ax.text(e["onset_s"], row, f" {e['level_dbfs']:.0f} dBFS", va="center", fontsize=7)
+        ax.set_yticks(range(len(classes)), classes, fontsize=8)
+        ax.set_ylim(-0.6, len(classes) - 0.4)
+        ax.invert_yaxis()
+        ax.set_title(f"{kind} scene {clip_id[:8]}", fontsize=9, loc="left")
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1, 0].set_xlabel("time (s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -425,10 +589,15 @@ def dataset_card(cfg: RunConfig, manifest: ShardManifest, stats: _Stats, run: Ru
         "| --- |" + " ---: |" * len(styles),
         *(f"| {_md(c)} | " + " | ".join(str(stats.cells.get((c, s), 0)) for s in styles) + " |" for c in classes),
         "",
+        "## Questions per type",
+        "| question type | rows |", "| --- | ---: |",
+        *(f"| {_md(q)} | {n} |" for q, n in sorted(stats.types.items())),
+        "",
         "## Question types and answers",
         "| question type | answer | rows |", "| --- | --- | ---: |",
         *(f"| {_md(q)} | {_md(a)} | {n} |" for (q, a), n in sorted(stats.answers.items())),
         "",
+        *_scene_section(stats),
         "## Chain-of-thought length",
         f"Mean {stats.cot_words_total / max(total, 1):.0f} words per answer.",
         "![CoT length histogram](plots/cot_length_hist.png)",
@@ -443,6 +612,24 @@ def dataset_card(cfg: RunConfig, manifest: ShardManifest, stats: _Stats, run: Ru
     lines += ["## How it was made", _run_summary_markdown(run),
               "", f"Shards, row counts and sha256 are in `manifest.json`; fingerprint `{manifest.fingerprint}`.", ""]
     return "\n".join(lines)
+
+
+def _scene_section(stats: _Stats) -> list[str]:
+    """The card's scenes: how many of each kind, their rows, twins, and the timeline picture."""
+    if not stats.scenes:
+        return []
+    return [
+        "## Scenes",
+        "Scenes are built from the labeled clips (sequences, repeats, mixtures) or are recordings with timed "
+        "events; every answer about them is derived from their timeline (column `events`). A counterfactual "
+        f"twin (column `twin_of`) is asked the same question with a different answer: {stats.twin_rows} rows.",
+        "",
+        "| scene kind | scenes | rows |", "| --- | ---: | ---: |",
+        *(f"| {_md(k)} | {len(stats.scenes[k])} | {stats.scene_rows[k]} |" for k in sorted(stats.scenes)),
+        "",
+        "![timelines of a few scenes](plots/scene_timelines.png)",
+        "",
+    ]
 
 
 def _run_summary_markdown(run: RunDir) -> str:

@@ -5,9 +5,16 @@ Output: `validate/part-N.parquet` (passing samples, `validation` JSON filled) an
 Checks (reason codes): schema_invalid; missing_stage, repeated_stage, stage_order, assistant_text_mismatch;
 stage_too_short, stage_too_long; ground_truth_mismatch, answer_mismatch; options_not_distinct,
 options_ambiguous; response_mismatch, summary_disagrees; leak_forbidden_word, leak_source_id,
-leak_answer_in_question; near_duplicate_question; judge_unsupported (the optional LLM judge, `validate.judge`,
+leak_answer_in_question; near_duplicate_question; text_not_normalized, mixed_script_word (hidden,
+control or compatibility characters, or a word mixing look-alike scripts: see `cotaforge.textnorm`),
+too_many_options (more than `expand.n_options`); cot_contradicts_facts (a number stated in CAPTION or
+REASONING with a unit, in seconds, Hz, dBFS or onsets, that is off from the clip's facts, its comparison's
+reference or its scene's events beyond a tolerance: see `cotaforge.claims`), cot_contradicts_timeline (a
+scene's CoT whose stated times, counts or order disagree with its timeline); judge_unsupported (the optional LLM judge, `validate.judge`,
 found that the reasoning does not support the answer) or a teacher_* code when the judge itself failed.
-Validators return reasons; they never raise per row.
+Scene answers (targets `scene.*`) are recomputed from the clip's timeline with the margin rules
+(`cotaforge.scene_questions.answer_for`): an answer that differs, or is no longer certain, is a
+ground_truth_mismatch. Validators return reasons; they never raise per row.
 """
 
 from __future__ import annotations
@@ -30,11 +37,16 @@ from cotaforge.stages.ingest import load_run_stats, read_clips
 from cotaforge.store import SAMPLE_SCHEMA, RunDir, fingerprint, json_dumps
 from cotaforge.teacher.base import JudgeRequest, Teacher, TeacherFailure
 from cotaforge.teacher.build import build_teacher
+from cotaforge.textnorm import text_problems
+from cotaforge.claims import ClipClaims, Reading, read
+from cotaforge.scene_questions import (DEFAULT_TARGET_SNR_DB, TARGET_OF_FORM, YES_NO_FORMS, answer_for, form_of,
+                                       target_snr_db)
+from cotaforge.scenes import events_from_json
 
 STAGE = "validate"
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 CHECKS = ("schema", "format", "lengths", "ground_truth", "options", "response", "summary", "leakage",
-          "near_duplicate")
+          "near_duplicate", "cot_facts", "cot_timeline")
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 _LETTER = re.compile(r"\b([A-Z])\b")
 
@@ -62,9 +74,11 @@ def final_letter(text: str) -> str | None:
     return found[-1] if found else None
 
 
-def _expected_value(sample: dict, clip: dict) -> str | None:
+def _expected_value(sample: dict, clip: dict, snr_db: float = DEFAULT_TARGET_SNR_DB) -> str | None:
     """The ground truth recomputed from the clip itself, or None when the target is unknown."""
     target = sample["target"]
+    if target.startswith("scene."):
+        return _scene_value(sample, clip, snr_db)
     if target == "class":
         labels = [display_label(l) for l in clip["labels"]]
         return sample["target_value"] if sample["target_value"] in labels else labels[0]
@@ -79,16 +93,36 @@ def _expected_value(sample: dict, clip: dict) -> str | None:
     return None
 
 
-def check_answer(sample: dict, clip: dict) -> list[str]:
+def _scene_value(sample: dict, clip: dict, snr_db: float) -> str | None:
+    """A scene question's answer from the clip's timeline; None when the question is unknown or uncertain."""
+    try:
+        asked = json.loads(sample["asked_value"] or "[]")
+        form = form_of(sample["target"], asked)
+    except ValueError:
+        return None
+    if not isinstance(asked, list):
+        return None
+    return answer_for(form, [str(a) for a in asked], _timeline(clip.get("events") or "[]"), snr_db)
+
+
+_YES_NO_TARGETS = frozenset(TARGET_OF_FORM[form] for form in YES_NO_FORMS)
+
+
+def _is_yes_no(sample: dict) -> bool:
+    return sample["question_type"] == "yes_no" or sample["target"] in _YES_NO_TARGETS
+
+
+def check_answer(sample: dict, clip: dict, snr_db: float = DEFAULT_TARGET_SNR_DB) -> list[str]:
     """Answer, options, response and summary agree with the ground truth and with each other."""
     reasons: list[str] = []
     qtype, answer, options = sample["question_type"], sample["answer"], sample["options"]
-    expected = _expected_value(sample, clip)
+    scene = sample["target"].startswith("scene.")
+    expected = _expected_value(sample, clip, snr_db)
     if expected is None or _norm(expected) != _norm(sample["target_value"]):
         reasons.append("ground_truth_mismatch")
     truth = sample["target_value"]
     response, summary = sample["response"], sample["summary"]
-    if qtype == "multiple_choice":
+    if qtype == "multiple_choice" or (scene and options):
         if len({_norm(o) for o in options}) != len(options) or len(options) < 2:
             reasons.append("options_not_distinct")
         if sample["target"] == "class":
@@ -104,8 +138,11 @@ def check_answer(sample: dict, clip: dict) -> list[str]:
         names_answer = bool(re.search(rf"\b{answer}\b", summary)) or _contains(summary, truth)
         if not names_answer or any(_contains(summary, o) and not _contains(truth, o) for o in wrong):
             reasons.append("summary_disagrees")
-    elif qtype == "yes_no":
-        asked_is_true = _norm(sample["asked_value"]) in {_norm(display_label(l)) for l in clip["labels"]}
+    elif _is_yes_no(sample):
+        if scene:
+            asked_is_true = truth == "yes"
+        else:
+            asked_is_true = _norm(sample["asked_value"]) in {_norm(display_label(l)) for l in clip["labels"]}
         if answer not in ("yes", "no") or (answer == "yes") != asked_is_true:
             reasons.append("answer_mismatch")
         words = _WORD.findall(response.casefold())
@@ -114,7 +151,7 @@ def check_answer(sample: dict, clip: dict) -> list[str]:
         opposite = "no" if answer == "yes" else "yes"
         if not _contains(summary, answer) or _contains(summary, opposite):
             reasons.append("summary_disagrees")
-    else:  # open_ended and comparison: a short answer word or phrase
+    else:  # open_ended, comparison and open scene questions: a short answer word, number or phrase
         if _norm(answer) != _norm(truth):
             reasons.append("answer_mismatch")
         opposite = ""
@@ -153,7 +190,10 @@ def leak_terms(clip: dict) -> list[str]:
     group_value = clip["group_id"].split(":", 1)[1] if ":" in clip["group_id"] else clip["group_id"]
     if _norm(group_value) not in labels:
         terms.append(group_value)
-    return [t for t in terms if t and len(t) >= 3]
+    for event in events_from_json(clip.get("events") or "[]"):  # a scene's sources are files with ids too
+        terms += [PurePath(event.source_path).name, event.clip_id,
+                  event.source_id if event.source_id != event.source_path else ""]
+    return list(dict.fromkeys(t for t in terms if t and len(t) >= 3))
 
 
 def _mentions(text: str, lowered: str, term: str) -> bool:
@@ -175,12 +215,66 @@ def check_leakage(sample: dict, clip: dict, cfg: RunConfig, cache: dict | None =
     lowered = joined.casefold()
     if any(_mentions(joined, lowered, word) for word in cfg.validate_.forbidden_words):
         reasons.append("leak_forbidden_word")
-    terms = cache.setdefault(clip["clip_id"], leak_terms(clip)) if cache is not None else leak_terms(clip)
+    if cache is None:
+        terms = leak_terms(clip)
+    elif (terms := cache.get(clip["clip_id"])) is None:  # once per clip, not per sample
+        terms = cache[clip["clip_id"]] = leak_terms(clip)
     if any(_mentions(joined, lowered, term) for term in [sample["sample_id"], *terms]):
         reasons.append("leak_source_id")
     if sample["question_type"] in ("multiple_choice", "open_ended") and _contains(sample["question"], sample["target_value"]):
         reasons.append("leak_answer_in_question")
     return reasons
+
+
+@lru_cache(maxsize=1024)
+def _timeline(events_json: str) -> list:
+    """A clip's events, parsed once for all its samples."""
+    return events_from_json(events_json)
+
+
+def check_claims(sample: dict, clip: dict, cache: dict[str, ClipClaims] | None = None) -> tuple[list[str], list[str]]:
+    """Numbers in CAPTION and REASONING against the clip's facts, and a scene's CoT against its timeline.
+
+    `cache` (clip id -> `ClipClaims`, one per batch) keeps what a clip's samples share: its references,
+    its timeline's counts and order, and the verdicts on the phrases and numbers its samples repeat.
+    Returns (reason codes, the contradictions found, for the reject message).
+    """
+    checker = cache.get(clip["clip_id"]) if cache is not None else None
+    if checker is None:
+        checker = ClipClaims(clip["facts"], _timeline(clip.get("events") or "[]"))
+        if cache is not None:
+            cache[clip["clip_id"]] = checker
+    if checker.timeline is not None:
+        text: Reading | list[str] = read(sample["caption"] + "\n" + sample["reasoning"])  # one reading, both checks
+    else:
+        text = [sample["caption"], sample["reasoning"]]  # each field read on its own, piece by piece
+    grounding = json.loads(sample["validation"] or "{}").get("grounding") if "grounding" in sample["validation"] else None
+    options_s = []
+    if sample["target"] == "scene.onset":
+        options_s = [float(o) for o in sample["options"] if o.replace(".", "", 1).isdigit()]
+    reasons, details = [], []
+    found = checker.fact_contradictions(text, grounding, options_s)
+    if found:
+        reasons.append("cot_contradicts_facts")
+        details += found
+    if checker.timeline is not None:
+        asked = json.loads(sample["asked_value"] or "[]") if sample["target"].startswith("scene.") else []
+        found = checker.timeline_contradictions(text, asked, options_s)
+        if found:
+            reasons.append("cot_contradicts_timeline")
+            details += found
+    return reasons, details
+
+
+def check_text(sample: dict, cfg: RunConfig) -> list[str]:
+    """Every text field is in normal form (no hidden characters, no mixed-script word); options within
+    `expand.n_options`."""
+    # One pass over all the fields joined by line feeds (allowed text), since most samples are plain ASCII.
+    joined = "\n".join([sample["question"], sample["answer"], *sample["options"], *(sample[s] for s in COT_STAGES)])
+    reasons = [problem.code for problem in text_problems(joined)]
+    if len(sample["options"]) > cfg.expand.n_options:
+        reasons.append("too_many_options")
+    return list(dict.fromkeys(reasons))
 
 
 def _jaccard(a: set[str], b: set[str]) -> float:
@@ -212,6 +306,8 @@ def validate_samples(samples: list[dict], clips: dict[str, dict], cfg: RunConfig
     rejects: list[Rejection] = []
     seen_questions: dict[str, list[set[str]]] = {}
     leak_cache: dict[str, list[str]] = {}
+    claim_cache: dict[str, ClipClaims] = {}
+    snr_db = target_snr_db(cfg)
     for sample, schema_error in zip(samples, _schema_errors(samples)):
         clip = clips.get(sample["clip_id"])
         reasons: list[str] = []
@@ -220,14 +316,17 @@ def validate_samples(samples: list[dict], clips: dict[str, dict], cfg: RunConfig
         elif clip is None:
             reasons, detail = ["ground_truth_mismatch"], "its clip is not among the batch's ingested clips"
         else:
-            reasons = check_format(sample, cfg) + check_answer(sample, clip) + check_leakage(sample, clip, cfg, leak_cache)
+            reasons = check_format(sample, cfg) + check_answer(sample, clip, snr_db) + check_leakage(sample, clip, cfg, leak_cache)
+            reasons += check_text(sample, cfg)
+            claim_reasons, claims = check_claims(sample, clip, claim_cache)
+            reasons += claim_reasons
             tokens = set(_WORD.findall(render_user_text(sample["question"], sample["options"]).casefold()))
             earlier = seen_questions.setdefault(sample["clip_id"], [])
             if any(_jaccard(tokens, other) >= cfg.validate_.near_duplicate_jaccard for other in earlier):
                 reasons.append("near_duplicate_question")
             elif not reasons:
                 earlier.append(tokens)
-            detail = ", ".join(dict.fromkeys(reasons))
+            detail = ", ".join(dict.fromkeys(reasons)) + (f" ({'; '.join(claims[:3])})" if claims else "")
         if reasons:
             unique = list(dict.fromkeys(reasons))
             where = clip["manifest_row"] if clip else sample.get("source_path", "")
@@ -286,6 +385,7 @@ def validate_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
     started = time.perf_counter()
     teacher = build_teacher(cfg, STAGE) if cfg.validate_.judge else None
     fp = fingerprint(STAGE, STAGE_VERSION, cfg.section_hash("validate"), run.part_fingerprint("expand", batch),
+                     target_snr_db(cfg),
                      *([teacher.fingerprint(), run.part_fingerprint("caption", batch)] if teacher else []))
     if run.part_fingerprint(STAGE, batch) == fp:
         report = run.stored_report(STAGE, batch)

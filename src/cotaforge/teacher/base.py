@@ -34,6 +34,11 @@ class CotRequest:
     field_name: str = ""  # the metadata field of a metadata question
     grounding: dict = field(default_factory=dict)  # comparison: quantity, reference, more, less, measured
     seed: int = 0
+    # Scene questions: the timeline heard (cotaforge.scenes.Event, by onset), the question's form
+    # (cotaforge.scene_questions.FORMS) and the sounds it asks about. Empty for a single clip.
+    events: tuple = ()
+    form: str = ""
+    asked: tuple[str, ...] = ()
 
 
 class CotStages(BaseModel):
@@ -81,6 +86,11 @@ class QuestionRequest:
     n_wrong_options: int = 0  # multiple_choice: how many wrong options to write
     avoid: tuple[str, ...] = ()  # values no wrong option may equal (the clip's other true classes)
     seed: int = 0
+    # Scene questions: the form, the sounds asked about (the question must name them) and the options,
+    # fixed by cotaforge (the teacher words only the question). Empty for a single clip.
+    form: str = ""
+    asked: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
 
 
 class QuestionDraft(BaseModel):

@@ -6,7 +6,10 @@ tokens/min limits hold for the whole run, not per batch. A request goes to the e
 free capacity; an endpoint that refuses connections rests for a while and its requests go elsewhere, and
 a retry after a timeout or a 5xx avoids the endpoint that failed, so one slow or dead server does not stall
 the run. Retries: 429 (after its Retry-After), 5xx, timeouts and connection errors, with exponential
-backoff and jitter, at most `teacher.retries` times.
+backoff and jitter, at most `teacher.retries` times; a 5xx whose body is a validation error of the request
+(llama-cpp-python's answer to a `json_schema` request) is the request's fault, like a 400, and is not resent.
+For chat formats without a system role (`teacher.system_role`), the system message is folded into the first
+user turn before the request is hashed for the cache and sent.
 
 Requests go out with aiohttp, one connection pool per endpoint: a chat completion is one JSON POST, and
 sending it directly costs about a third of the CPU the OpenAI SDK spends on the same request (its request
@@ -21,6 +24,7 @@ import atexit
 import json
 import os
 import random
+import re
 import threading
 import time
 import urllib.parse
@@ -66,6 +70,53 @@ class TransportFailure(Exception):
         self.reason, self.message, self.raw, self.sends = reason, message, raw, sends
 
 
+_NO_SYSTEM_ROLE_MODELS = re.compile(r"gemma", re.IGNORECASE)  # chat formats with no system turn
+
+
+def sends_system_role(model: str, setting: bool | str) -> bool:
+    """Whether requests to `model` keep their system message (`teacher.system_role`; auto: not for Gemma)."""
+    if setting == "auto":
+        return _NO_SYSTEM_ROLE_MODELS.search(model) is None
+    return bool(setting)
+
+
+def fold_system_message(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation with its system text moved to the start of the first user turn.
+
+    For chat formats without a system role: llama-cpp-python's `gemma` format drops a system message
+    outright, so the instructions and the JSON schema would never reach the model. The user turn's audio
+    parts, if any, stay where they are; the instructions go before its text.
+    """
+    system = "\n\n".join(str(m.get("content") or "") for m in messages if m.get("role") == "system")
+    rest = [m for m in messages if m.get("role") != "system"]
+    if not system:
+        return rest
+    for index, message in enumerate(rest):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, list):
+            texts = [i for i, part in enumerate(content) if part.get("type") == "text"]
+            parts = list(content)
+            if texts:
+                first = parts[texts[0]]
+                parts[texts[0]] = {**first, "text": f"{system}\n\n{first.get('text', '')}"}
+            else:
+                parts.insert(0, {"type": "text", "text": system})
+            folded = {**message, "content": parts}
+        else:
+            folded = {**message, "content": f"{system}\n\n{content or ''}"}
+        return rest[:index] + [folded] + rest[index + 1:]
+    return [{"role": "user", "content": system}, *rest]
+
+
+def prepared_body(body: dict[str, Any], system_role: bool) -> dict[str, Any]:
+    """The body as it is sent and cached: with the system message folded in where the model has no system role."""
+    if system_role or not any(m.get("role") == "system" for m in body.get("messages", [])):
+        return body
+    return {**body, "messages": fold_system_message(body["messages"])}
+
+
 @dataclass(frozen=True)
 class ClientSettings:
     base_urls: tuple[str, ...]
@@ -79,13 +130,15 @@ class ClientSettings:
     backoff_s: float
     backoff_max_s: float
     cache_path: Path | None
+    system_role: bool = True
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> "ClientSettings":
         t = cfg.teacher
         return cls(tuple(t.base_urls), t.api_key_env, t.concurrency_per_endpoint, t.requests_per_min,
                    t.tokens_per_min, t.timeout_s, t.connect_timeout_s, t.retries, t.backoff_s, t.backoff_max_s,
-                   (cfg.teacher_cache_dir / "responses.sqlite").resolve() if t.cache else None)
+                   (cfg.teacher_cache_dir / "responses.sqlite").resolve() if t.cache else None,
+                   sends_system_role(t.model, t.system_role))
 
 
 def backoff_delay_s(retry: int, base_s: float, max_s: float, retry_after_s: float | None = None,
@@ -264,6 +317,7 @@ class ChatClient:
         Raises TransportFailure when retries run out on 429/5xx/timeouts or on a 4xx the request itself
         caused, and TeacherUnavailable when no endpoint could be reached at all.
         """
+        body = prepared_body(body, self.settings.system_role)  # what is sent is what is cached
         key = request_key(body, prompt_version)
         if self.cache is not None:
             cached = self.cache.get(key)
@@ -357,7 +411,8 @@ def _error_message(raw: str) -> str:
 
 def _read_answer(url: str, status: int, payload: bytes) -> tuple[dict[str, Any] | None, TransportFailure | None]:
     """(completion, None) for a usable 2xx, else (None, the failure): 429 rate limited, 5xx (and 408/409) server
-    errors to retry, other 4xx the request's own fault. Error bodies are kept (4000 characters) for the reject row."""
+    errors to retry, other 4xx the request's own fault, and so is a 5xx whose body is a validation error of the
+    request body. Error bodies are kept (4000 characters) for the reject row."""
     if 200 <= status < 300:
         try:
             completion = json.loads(payload)
@@ -372,9 +427,22 @@ def _read_answer(url: str, status: int, payload: bytes) -> tuple[dict[str, Any] 
     message = f"{url}: HTTP {status} {_error_message(raw)}"
     if status == 429:
         return None, TransportFailure("teacher_rate_limited", message, raw)
+    unescaped = raw.replace('\\"', '"')  # the validation text inside a JSON string
+    if status >= 500 and _REQUEST_VALIDATION.search(unescaped) and _BODY_FIELD.search(unescaped):
+        # llama-cpp-python's server answers a request its schema refuses (e.g. response_format json_schema)
+        # with HTTP 500: resending the same body gets the same answer.
+        if "response_format" in raw:
+            message += ("; this server does not take this response_format: set teacher.structured_output="
+                        "json_object (llama-cpp-python's server) or json")
+        return None, TransportFailure("teacher_bad_request", message, raw)
     if status >= 500 or status in (408, 409):
         return None, TransportFailure("teacher_server_error", message, raw)
     return None, TransportFailure("teacher_bad_request", message, raw)
+
+
+# A FastAPI/pydantic request-validation error: "1 validation error: {'loc': ('body', 'response_format', ...)".
+_REQUEST_VALIDATION = re.compile(r"\bvalidation errors?\b", re.IGNORECASE)
+_BODY_FIELD = re.compile(r"""loc['"]?\s*[:=]\s*[(\[]\s*['"]body['"]""")
 
 
 async def _gather_or_cancel(coroutines: list[Awaitable[T]]) -> list[T]:

@@ -30,17 +30,29 @@ from cotaforge import progress
 from cotaforge.config import RunConfig, stable_hash
 from cotaforge.cot import render_user_text
 from cotaforge.describe import format_seconds
+from cotaforge.errors import ConfigError
 from cotaforge.prompts import ChatPrompt, load_chat_prompt
+from cotaforge.scene_questions import SOUND_ANSWER_FORMS, YES_NO_FORMS
 from cotaforge.teacher.base import (CaptionRequest, CaptionText, CotRequest, CotStages, JudgeRequest, JudgeVerdict,
                                     QuestionDraft, QuestionRequest, Teacher, TeacherFailure)
-from cotaforge.teacher.client import ChatAnswer, TransportFailure, request_body
+from cotaforge.teacher.client import ChatAnswer, TransportFailure, request_body, sends_system_role
 from cotaforge.teacher.structured import (model_schema, parse_reply, repair_messages, response_format,
                                           schema_instruction)
 
 COT_VARIABLES = frozenset({"description", "facts", "question", "question_type", "answer", "answer_text",
-                           "response_rule", "schema"})
+                           "response_rule", "schema", "timeline"})
 QUESTION_VARIABLES = frozenset({"question_type", "answer_text", "candidate", "field", "more", "less", "reference",
-                                "n_wrong_options", "description", "schema"})
+                                "n_wrong_options", "description", "schema", "form", "form_task", "x", "y", "options"})
+# What a scene question of each form asks, for the question writer ({x} and {y}: the sounds asked about).
+FORM_TASKS = {
+    "count_class": 'how many times "{x}" is heard', "count_all": "how many separate sounds are heard",
+    "first": "which sound comes first", "last": "which sound comes last",
+    "after": 'which sound comes right after "{x}"', "before": 'whether "{x}" is heard before "{y}" (yes or no)',
+    "longest": "which sound lasts longest", "shortest": "which sound is the shortest",
+    "louder": 'which is louder, "{x}" or "{y}"', "loudest": "which sound is the loudest",
+    "present": 'whether "{x}" can be heard in the recording (yes or no)',
+    "onset": 'at what time, in seconds from the start, "{x}" begins',
+}
 CAPTION_TEXT_VARIABLES = frozenset({"sounds", "details", "facts", "schema"})
 CAPTION_AUDIO_VARIABLES = frozenset({"sounds", "start_s", "end_s", "duration_s", "schema"})
 JUDGE_VARIABLES = frozenset({"description", "question", "answer", "reasoning", "summary", "response", "schema"})
@@ -75,7 +87,9 @@ class Call:
 
     @cached_property
     def seed(self) -> int:
-        """A seed per item: reproducible answers, and varied ones across items; attempt k adds k."""
+        """A seed per item, so answers vary across items; attempt k adds k. A seed alone does not make a
+        server's answer reproducible (vLLM's online batching changes the numerics unless the server runs with
+        VLLM_BATCH_INVARIANT=1): the response cache is what makes a re-run give the same answers."""
         return int(stable_hash([self.base_seed, self.task, self.item_id], length=8), 16) % 2**31
 
 
@@ -191,6 +205,13 @@ def fact_lines(facts: dict) -> list[str]:
     return lines
 
 
+def timeline_lines(events: tuple) -> list[str]:
+    """What was heard in a scene, one line per sound in order: its times, what it sounds like and its level."""
+    ordered = sorted(events, key=lambda e: (e.onset_s, e.offset_s))
+    return [f'from {e.onset_s:.2f} s to {e.offset_s:.2f} s ({e.duration_s:.2f} s long): a "{e.class_label}" sound, '
+            f"at about {e.level_dbfs:.0f} dBFS" for e in ordered]
+
+
 def _norm(text: str) -> str:
     return " ".join(re.sub(r"[\"'.,!?;:]", " ", text.casefold()).split())
 
@@ -205,6 +226,15 @@ def question_problem(req: QuestionRequest, draft: QuestionDraft) -> str | None:
     question = draft.question.strip()
     if len(question) > 400:
         return "the question is longer than 400 characters"
+    if req.form:  # a scene question: options are fixed by cotaforge
+        if draft.wrong_options:
+            return "leave wrong_options empty; the options are given"
+        missing = [a for a in req.asked if not _mentions(question, a)]
+        if missing:
+            return f'the question must name "{missing[0]}"'
+        if req.form in SOUND_ANSWER_FORMS and req.answer_text not in req.asked and _mentions(question, req.answer_text):
+            return f'the question gives away the answer "{req.answer_text}"'
+        return None
     if req.question_type == "multiple_choice":
         wrong = [o.strip() for o in draft.wrong_options]
         if len(wrong) != req.n_wrong_options:
@@ -231,11 +261,28 @@ def question_problem(req: QuestionRequest, draft: QuestionDraft) -> str | None:
     return None
 
 
+def _scene_answer_kind(req: CotRequest) -> str:
+    """multiple_choice, yes_no, count, onset or sound: how a scene question's answer is written."""
+    if req.options:
+        return "multiple_choice"
+    if req.answer in ("yes", "no") and req.form in YES_NO_FORMS:
+        return "yes_no"
+    return {"count_class": "count", "count_all": "count", "onset": "onset"}.get(req.form, "sound")
+
+
 def _response_rule(req: CotRequest) -> str:
-    if req.question_type == "multiple_choice":
+    kind = _scene_answer_kind(req) if req.events else req.question_type
+    if kind == "count":
+        return f'"response" and "summary" must both state the number {req.answer} in digits.'
+    if kind == "onset":
+        return (f'"response" and "summary" must both give the start time as {req.answer} seconds, written '
+                f'"{req.answer} s" or "{req.answer} seconds".')
+    if kind == "sound":
+        return f'"response" and "summary" must both name "{req.answer_text}".'
+    if kind == "multiple_choice":
         return (f'In "response", name the correct option and end with its letter, e.g. "... so the answer is '
                 f'{req.answer}." In "summary", name option {req.answer} and no other option.')
-    if req.question_type == "yes_no":
+    if kind == "yes_no":
         word = req.answer.capitalize()
         opposite = "no" if req.answer == "yes" else "yes"
         return (f'"response" must begin with "{word}". "summary" must contain the word "{req.answer}" and never '
@@ -249,6 +296,11 @@ def _response_rule(req: CotRequest) -> str:
 
 
 def _answer_line(req: CotRequest) -> str:
+    if req.events:
+        kind = _scene_answer_kind(req)
+        if kind == "multiple_choice":
+            return f"{req.answer} ({req.answer_text})"
+        return {"onset": f"{req.answer} seconds", "sound": f'"{req.answer_text}"'}.get(kind, req.answer)
     if req.question_type == "multiple_choice":
         return f"{req.answer} ({req.answer_text})"
     if req.question_type == "yes_no":
@@ -313,23 +365,32 @@ class LLMTeacher(Teacher):
 
     def parameters(self) -> dict:
         s = self.settings
-        return {"temperature": s.temperature, "max_tokens": s.max_tokens, "structured_output": s.mode,
-                "output_attempts": s.output_attempts, "seed": self.cfg.run.seed}
+        parameters = {"temperature": s.temperature, "max_tokens": s.max_tokens, "structured_output": s.mode,
+                      "output_attempts": s.output_attempts, "seed": self.cfg.run.seed}
+        if not sends_system_role(self.model, self.cfg.teacher.system_role):
+            parameters["system_role"] = False  # folded prompts are other requests; absent otherwise, as before
+        return parameters
 
     # -- the tasks --------------------------------------------------------------------------------------------
 
     def write_cots(self, requests: list[CotRequest]) -> list[CotStages | TeacherFailure]:
         prompt = load_chat_prompt(self.cfg.teacher.cot_prompt, COT_VARIABLES)
+        if "timeline" not in prompt.variables and any(r.events for r in requests):
+            raise ConfigError(f"teacher.cot_prompt {prompt.stem} cannot write chains of thought for scenes (it has no "
+                              "timeline); use cot_llm.v2")
         schema = model_schema(CotStages)
         calls = [self._call("cot", r.sample_id, prompt, CotStages, schema, r.seed, None,
                             description=r.caption, facts=fact_lines(r.facts),
                             question=render_user_text(r.question, r.options), question_type=r.question_type,
-                            answer=r.answer, answer_text=_answer_line(r), response_rule=_response_rule(r))
+                            answer=r.answer, answer_text=_answer_line(r), response_rule=_response_rule(r),
+                            timeline=timeline_lines(r.events))
                  for r in requests]
         return self._solve(calls)  # type: ignore[return-value]
 
     def write_questions(self, requests: list[QuestionRequest]) -> list[QuestionDraft | TeacherFailure]:
         prompt = load_chat_prompt(self.cfg.teacher.question_prompt, QUESTION_VARIABLES)
+        if "form_task" not in prompt.variables and any(r.form for r in requests):
+            raise ConfigError(f"teacher.question_prompt {prompt.stem} cannot word scene questions; use question_llm.v2")
         calls = []
         for r in requests:
             schema = model_schema(QuestionDraft)
@@ -342,7 +403,10 @@ class LLMTeacher(Teacher):
                 lambda draft, r=r: question_problem(r, draft),
                 question_type=r.question_type, answer_text=r.answer_text, candidate=r.asked_value,
                 field=r.field_name, more=g.get("more", ""), less=g.get("less", ""), reference=g.get("reference", ""),
-                n_wrong_options=n, description=r.caption))
+                n_wrong_options=n, description=r.caption, form=r.form,
+                form_task=FORM_TASKS.get(r.form, "").format(x=r.asked[0] if r.asked else "",
+                                                             y=r.asked[1] if len(r.asked) > 1 else ""),
+                x=r.asked[0] if r.asked else "", y=r.asked[1] if len(r.asked) > 1 else "", options=list(r.options)))
         return self._solve(calls)  # type: ignore[return-value]
 
     def write_captions(self, requests: list[CaptionRequest]) -> list[CaptionText | TeacherFailure]:

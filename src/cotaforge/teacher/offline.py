@@ -15,7 +15,7 @@ from typing import Any
 from cotaforge.config import RunConfig
 from cotaforge.errors import ConfigError
 from cotaforge.teacher.cache import CachedAnswer, ResponseCache, request_key
-from cotaforge.teacher.client import ChatAnswer
+from cotaforge.teacher.client import ChatAnswer, prepared_body, sends_system_role
 from cotaforge.teacher.llm import Job
 
 
@@ -45,12 +45,14 @@ class VLLMEngine:
                               "--teacher openai") from exc
         self.llm = vllm.LLM(model=cfg.teacher.model, **cfg.teacher.vllm_engine)
         self.cache = ResponseCache(cfg.teacher_cache_dir / "responses.sqlite") if cfg.teacher.cache else None
+        self.system_role = sends_system_role(cfg.teacher.model, cfg.teacher.system_role)
         self._generate_lock = threading.Lock()  # one LLM, many flow threads: one round at a time
 
     @classmethod
     def shared(cls, cfg: RunConfig) -> "VLLMEngine":
         """One engine per process and model (loading the weights once)."""
-        key = (cfg.teacher.model, repr(sorted(cfg.teacher.vllm_engine.items())), str(cfg.teacher_cache_dir))
+        key = (cfg.teacher.model, repr(sorted(cfg.teacher.vllm_engine.items())), str(cfg.teacher_cache_dir),
+               cfg.teacher.system_role)
         with cls._lock:
             if key not in cls._shared:
                 cls._shared[key] = cls(cfg)
@@ -66,6 +68,7 @@ class VLLMEngine:
             pending = [job for job in pending if not job.done]
 
     def answer(self, bodies: list[dict[str, Any]], calls: list[Any]) -> list[ChatAnswer]:
+        bodies = [prepared_body(body, self.system_role) for body in bodies]
         keys = [request_key(body, call.prompt_version) for body, call in zip(bodies, calls)]
         found: dict[int, ChatAnswer] = {}
         if self.cache is not None:

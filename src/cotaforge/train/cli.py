@@ -46,14 +46,17 @@ def evaluate(
     model: str = typer.Argument(..., help="a run folder, its final/ folder, or a Hub model id"),
     data: str = typer.Argument(..., help="a published dataset folder or an MMAU-style JSON file"),
     split: list[str] = typer.Option(["test"], "--split", help="dataset splits to evaluate (repeatable)"),
-    scoring: str = typer.Option("generate", help="'generate', or 'options': multiple choice by log-likelihood"),
+    scoring: str = typer.Option("generate", help="'generate', or 'options': multiple choice and yes/no decided by "
+                                                 "log-likelihood of the model's own answer rewritten per option"),
     max_new_tokens: int = typer.Option(512, min=1),
     batch_size: int = typer.Option(8, min=1),
     max_rows: int = typer.Option(None, min=1, help="questions per split; default all"),
     question_type: list[str] = typer.Option(None, "--question-type", help="only these types (repeatable)"),
     out: Path = typer.Option(None, help="folder for eval.md, eval.json and predictions.jsonl"),
+    seed: int = typer.Option(0, min=0, help="draws each question's swapped-audio partner clip"),
+    swap_audio: bool = typer.Option(True, help="also answer with a partner clip's audio: the listening gap"),
 ) -> None:
-    """Generate answers, parse them with the documented rules and print accuracy by split, type and class."""
+    """Answer with own and swapped audio, parse by the documented rules, print accuracy and listening gap."""
     from cotaforge.train.evaluate import evaluate_model
 
     _log_to_stderr()
@@ -61,7 +64,8 @@ def evaluate(
         raise _fail(ValueError(f"--scoring {scoring!r}: use 'generate' or 'options'"))
     try:
         report = evaluate_model(model, data, split, scoring,  # type: ignore[arg-type]
-                                max_new_tokens, batch_size, max_rows, question_type or None, out)
+                                max_new_tokens, batch_size, max_rows, question_type or None, out, seed=seed,
+                                swap_audio=swap_audio)
     except ValueError as exc:
         raise _fail(exc) from exc
     typer.echo(report.to_markdown())

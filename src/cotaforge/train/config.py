@@ -107,6 +107,8 @@ class DataSection(_Section):
     max_tokens: int = Field(default=2048, ge=32, le=131_072, description="longer samples are skipped and counted")
     pool_rows: int = Field(default=256, ge=1, le=1_000_000, description="rows sorted together into length buckets")
     augment: AugmentSection = Field(default_factory=AugmentSection)
+    zero_audio: bool = Field(default=False, description="a control run: every clip's audio features are zeroed "
+                                                        "in training, so the model cannot learn to listen")
 
 
 class TrainSection(_Section):
@@ -119,6 +121,9 @@ class TrainSection(_Section):
     warmup_steps: int = Field(default=0, ge=0)
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
     max_grad_norm: float | None = Field(default=1.0, gt=0)
+    answer_only_steps: int = Field(
+        default=0, ge=0, description="curriculum: for the first N steps each sample's THINK block is dropped, so "
+                                     "the model first learns to answer from the audio in a few tokens")
     loss_average: Literal["token", "sample"] = Field(
         default="token", description="'sample': each sample's mean token loss counts once, whatever its length"
     )
@@ -140,6 +145,9 @@ class EvaluateSection(_Section):
     batch_size: int = Field(default=8, ge=1, le=1024)
     max_rows: int | None = Field(default=None, ge=1, description="rows per split; None = all")
     question_types: list[str] | None = Field(default=None, description="evaluate these types only; None = all")
+    swap_audio: bool = Field(default=True, description="also ask each question with a partner clip's audio "
+                                                        "(the listening measure); False halves the time")
+    seed: int = Field(default=0, ge=0, description="draws the swapped-audio partners")
 
 
 class FinetuneConfig(_Section):

@@ -156,8 +156,22 @@ class SampleEncoder:
                              prompt["feature_attention_mask"][0])
 
 
-def collate(samples: Sequence[EncodedSample], pad_id: int, padding_side: str = "right") -> dict[str, "torch.Tensor"]:
-    """Pad a list of samples into model inputs plus `labels` (IGNORE_INDEX outside the answers)."""
+def response_only(sample: EncodedSample, response_ids: Sequence[int]) -> EncodedSample:
+    """`sample` with its answer cut to start at the RESPONSE tag (`response_ids`); unchanged without the tag."""
+    ids, width = sample.input_ids, len(response_ids)
+    for start in range(sample.prompt_tokens, len(ids) - width + 1):
+        if ids[start:start + width] == list(response_ids):
+            return EncodedSample(ids[: sample.prompt_tokens] + ids[start:], sample.prompt_tokens,
+                                 sample.input_features, sample.feature_attention_mask)
+    return sample
+
+
+def collate(samples: Sequence[EncodedSample], pad_id: int, padding_side: str = "right",
+            zero_audio: bool = False) -> dict[str, "torch.Tensor"]:
+    """Pad a list of samples into model inputs plus `labels` (IGNORE_INDEX outside the answers).
+
+    `zero_audio` sets every audio feature to zero: the control that shows what a model learns without hearing.
+    """
     import torch
 
     longest = max(sample.length_tokens for sample in samples)
@@ -170,11 +184,12 @@ def collate(samples: Sequence[EncodedSample], pad_id: int, padding_side: str = "
         input_ids[row, start:end] = torch.tensor(sample.input_ids)
         attention_mask[row, start:end] = 1
         labels[row, start + sample.prompt_tokens:end] = torch.tensor(sample.input_ids[sample.prompt_tokens:])
+    features = np.stack([sample.input_features for sample in samples])
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "labels": labels,
-        "input_features": torch.from_numpy(np.stack([sample.input_features for sample in samples])),
+        "input_features": torch.from_numpy(np.zeros_like(features) if zero_audio else features),
         "feature_attention_mask": torch.from_numpy(np.stack([sample.feature_attention_mask for sample in samples])),
     }
 

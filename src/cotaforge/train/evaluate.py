@@ -1,35 +1,44 @@
-"""Evaluate a model on a published cotaforge dataset or an MMAU-style JSON benchmark.
+"""Evaluate a model on a published cotaforge dataset or an MMAU-style JSON benchmark, and measure listening.
 
 Each question is answered by greedy generation; the final answer is read by `parsing.parse_answer`
 (rules in its docstring) and scored against the reference. Results are grouped by split, question type
 and class, beside chance, with the share of outputs whose CoT format is compliant.
 
-With `scoring="options"`, multiple-choice questions are decided by log-likelihood instead of by the
-generated letter. A published row carries a reference answer; for each option, the correct option is
-exchanged with it (letter and text together, in every stage after PLANNING, which lists the options in
-prompt order), and the option whose rewritten answer the model finds most likely wins. Every candidate is
-the same text but for the option it names, so the model must tell them apart by the audio (and by the
-measured facts the reference states). The table's "audio control" column repeats the scoring with
-another question's audio: accuracy above it comes from listening, accuracy down to it from the text. A
-benchmark question without a reference uses the model's own answer as the text to rewrite, which favours
-the option it generated.
+The listening measure: every question is asked twice, once with its clip's audio and once with the audio
+of a partner clip whose answer to the same question differs (seeded pairing, same split, source dataset and
+target; see `pair_items`), both scored against the question's own answer. `accuracy` minus
+`accuracy_swapped_audio` is the `listening_gap`: a model that ignores the audio answers the same either way
+(gap 0); one that listens loses its right answers under the partner's audio.
+
+With `scoring="options"`, multiple-choice and yes/no questions are decided by log-likelihood instead of by
+the generated answer. The text scored is the model's own output, generated under the same audio it is scored
+with, rewritten once per option (letter and option text exchanged after PLANNING, or yes and no exchanged);
+the most likely rewrite wins. No reference text enters, so the clip's measured facts that a published answer
+states cannot decide the option: whatever the candidates know about the clip, the model heard.
+
+The answer-token loss is the cross-entropy of the reference RESPONSE's answer value (the letter and the
+option's text, yes/no, or the short answer) after the model's own THINK (generated under the same audio),
+with own and swapped audio. It needs a reference answer, so a benchmark file has none.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from cotaforge.train.data import (
+    IGNORE_INDEX,
     LETTERS,
     EncodedSample,
     SampleEncoder,
@@ -39,18 +48,27 @@ from cotaforge.train.data import (
     render_user_text,
     split_shards,
 )
+from cotaforge.train.loss import answer_loss_terms
 from cotaforge.train.parsing import check_format, is_correct, is_letter_mention, parse_answer
 
 logger = logging.getLogger(__name__)
 
-EVAL_COLUMNS = ["sample_id", "audio", "question", "options", "question_type", "answer", "class_label", "target",
-                "split", "source_dataset", "assistant_text"]
+EVAL_COLUMNS = ["sample_id", "clip_id", "audio", "question", "options", "question_type", "answer", "class_label",
+                "target", "target_value", "asked_value", "split", "source_dataset", "assistant_text"]
 Scoring = Literal["generate", "options"]
+OPTION_SCORED_TYPES = ("multiple_choice", "yes_no")
+_THINK_END = re.compile(r"</THINK>", re.IGNORECASE)
+_RESPONSE_BLOCK = re.compile(r"<RESPONSE>.*?(?:</RESPONSE>|$)", re.IGNORECASE | re.DOTALL)
+_YES_OR_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 
 
 @dataclass
 class EvalItem:
-    """One question: audio, text, reference answer (a letter for multiple choice) and grouping keys."""
+    """One question: audio, text, reference answer (a letter for multiple choice) and grouping keys.
+
+    `target_value` is what the answer was fixed from (the clip's class, say) and `asked_value` the value a
+    yes/no question proposes; the partner clip of the listening measure is chosen with them.
+    """
 
     item_id: str
     samples: np.ndarray
@@ -63,6 +81,15 @@ class EvalItem:
     target: str = "class"
     source: str = "-"
     reference: str = ""
+    target_value: str = ""
+    asked_value: str = ""
+    clip_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.target_value:
+            self.target_value = self.class_label
+        if not self.clip_id:
+            self.clip_id = hashlib.sha256(np.ascontiguousarray(self.samples).tobytes()).hexdigest()[:16]
 
 
 @dataclass
@@ -80,7 +107,12 @@ class ItemResult:
     format_ok: bool
     chance: float | None
     output: str
-    control_correct: bool | None = None
+    swapped_clip: str | None = None
+    prediction_swapped_audio: str | None = None
+    correct_swapped_audio: bool | None = None
+    output_swapped_audio: str | None = None
+    answer_loss: float | None = None
+    answer_loss_swapped_audio: float | None = None
 
 
 @dataclass
@@ -92,7 +124,11 @@ class GroupScore:
     chance: float | None
     format_compliance: float
     unparsed: int
-    audio_control: float | None = None
+    n_swapped: int = 0
+    accuracy_swapped_audio: float | None = None
+    listening_gap: float | None = None
+    answer_loss: float | None = None
+    answer_loss_swapped_audio: float | None = None
 
 
 @dataclass
@@ -101,20 +137,32 @@ class EvalReport:
     data: str
     scoring: str
     seconds: float
+    seed: int = 0
     rows: list[GroupScore] = field(default_factory=list)
     items: list[ItemResult] = field(default_factory=list)
 
     def to_markdown(self) -> str:
-        """The evaluation table, one row per (group, value), accuracy beside chance."""
+        """The evaluation table, one row per (group, value): accuracy with own and swapped audio, beside chance."""
+        def pct(value: float | None) -> str:
+            return "-" if value is None else f"{value:.1%}"
+
+        def nats(value: float | None) -> str:
+            return "-" if value is None else f"{value:.3f}"
+
         lines = [f"Model `{self.model}` on `{self.data}` (scoring: {self.scoring}, {len(self.items)} questions, "
-                 f"{self.seconds:.0f} s).", "",
-                 "| group | value | n | accuracy | chance | audio control | format ok | unparsed |",
-                 "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                 f"swap seed {self.seed}, {self.seconds:.0f} s).", "",
+                 "| group | value | n | accuracy | swapped audio | listening gap | chance | answer loss | "
+                 "answer loss, swapped | format ok | unparsed |",
+                 "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for row in self.rows:
-            chance = "-" if row.chance is None else f"{row.chance:.1%}"
-            control = "-" if row.audio_control is None else f"{row.audio_control:.1%}"
-            lines.append(f"| {row.group} | {row.value} | {row.n} | {row.accuracy:.1%} | {chance} | {control} | "
-                         f"{row.format_compliance:.1%} | {row.unparsed} |")
+            gap = "-" if row.listening_gap is None else f"{100 * row.listening_gap:+.1f} pt"
+            lines.append(f"| {row.group} | {row.value} | {row.n} | {row.accuracy:.1%} | "
+                         f"{pct(row.accuracy_swapped_audio)} | {gap} | {pct(row.chance)} | {nats(row.answer_loss)} | "
+                         f"{nats(row.answer_loss_swapped_audio)} | {row.format_compliance:.1%} | {row.unparsed} |")
+        lines += ["", "Swapped audio: each question asked again with the audio of a clip whose answer differs "
+                      "(same split, source and target); listening gap = accuracy - swapped-audio accuracy on the "
+                      "questions that have a partner (n swapped). Answer loss: nats per token of the reference "
+                      "answer value after the model's own reasoning."]
         return "\n".join(lines) + "\n"
 
 
@@ -124,18 +172,29 @@ def _chance(question_type: str, options: Sequence[str]) -> float | None:
     return 0.5 if question_type == "yes_no" else None
 
 
+def _available_columns(path: Path, wanted: Sequence[str]) -> list[str]:
+    names = set(pq.ParquetFile(path).schema_arrow.names)
+    missing = [name for name in ("audio", "question", "question_type", "answer") if name not in names]
+    if missing:
+        raise ValueError(f"{path} lacks the columns {missing}: evaluate a dataset published by cotaforge")
+    return [name for name in wanted if name in names]
+
+
 def dataset_items(dataset_dir: Path, splits: Sequence[str], max_rows: int | None = None,
                   question_types: Sequence[str] | None = None) -> Iterator[EvalItem]:
     """Questions from a published dataset's splits (at most `max_rows` per split, of `question_types`)."""
     for split in splits:
-        rows = (row for row in iter_rows(split_shards(dataset_dir, split), EVAL_COLUMNS)
+        shards = split_shards(dataset_dir, split)
+        rows = (row for row in iter_rows(shards, _available_columns(shards[0], EVAL_COLUMNS))
                 if question_types is None or row["question_type"] in question_types)
         for count, row in enumerate(rows):
             if max_rows is not None and count >= max_rows:
                 break
-            yield EvalItem(row["sample_id"], decode_wav(row["audio"]["bytes"]), row["question"], row["options"] or [],
-                           row["question_type"], row["answer"], row["class_label"], row["split"] or split,
-                           row["target"], row["source_dataset"], row["assistant_text"])
+            yield EvalItem(str(row.get("sample_id") or f"{split}-{count}"), decode_wav(row["audio"]["bytes"]),
+                           row["question"], row.get("options") or [], row["question_type"], row["answer"],
+                           row.get("class_label") or "-", row.get("split") or split, row.get("target") or "class",
+                           row.get("source_dataset") or "-", row.get("assistant_text") or "",
+                           row.get("target_value") or "", row.get("asked_value") or "", row.get("clip_id") or "")
 
 
 def mmau_items(path: Path, max_rows: int | None = None) -> Iterator[EvalItem]:
@@ -165,7 +224,8 @@ def mmau_items(path: Path, max_rows: int | None = None) -> Iterator[EvalItem]:
         audio_path = audio_path if audio_path.is_absolute() else path.parent / audio_path
         yield EvalItem(str(record.get("id", index)), decode_audio(audio_path).samples, record["question"], choices,
                        "multiple_choice", letter, str(record.get("category") or record.get("task") or "-"),
-                       str(record.get("split") or "benchmark"), "class", path.stem)
+                       str(record.get("split") or "benchmark"), "class", path.stem,
+                       target_value=choices[LETTERS.index(letter)], clip_id=str(record[audio_key]))
 
 
 def load_items(data: str, splits: Sequence[str], max_rows: int | None = None,
@@ -179,13 +239,60 @@ def load_items(data: str, splits: Sequence[str], max_rows: int | None = None,
     raise ValueError(f"{data} is neither a published dataset folder nor an MMAU-style .json file")
 
 
+def _same(a: str, b: str) -> bool:
+    return a.strip().lower() == b.strip().lower()
+
+
+def _changes_answer(item: EvalItem, partner: EvalItem) -> bool:
+    """Whether `partner`'s clip answers `item`'s question differently (what the swapped audio must do)."""
+    if _same(partner.target_value, item.target_value):
+        return False
+    if item.question_type == "yes_no" and item.answer.strip().lower() == "no" and item.asked_value:
+        # "Is it X?" with answer no flips only under a clip that is X; other clips keep the answer.
+        return _same(partner.target_value, item.asked_value)
+    return True
+
+
+def _prefers(item: EvalItem, partner: EvalItem) -> bool:
+    """A multiple-choice partner whose value is another option makes a different option correct."""
+    return item.question_type != "multiple_choice" or any(_same(partner.target_value, o) for o in item.options)
+
+
+def pair_items(items: Sequence[EvalItem], seed: int = 0) -> list[int | None]:
+    """For each item, the index of its partner clip's item, or None where no clip qualifies.
+
+    The partner is in the same split, source dataset and target (what the question asks about), is another
+    clip, and answers the item's question differently: another class for a class question; for yes/no with
+    answer "no", a clip of the asked class. Multiple choice prefers a clip whose class is one of the options.
+    Among those, one is drawn with a generator seeded by (seed, item id), so the pairing does not depend on
+    the order or number of the other items evaluated.
+    """
+    by_pool: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+    first_of_clip: dict[tuple[str, str, str, str], int] = {}
+    for index, item in enumerate(items):
+        key = (item.split, item.source, item.target)
+        if (*key, item.clip_id) not in first_of_clip:  # one candidate per clip, whatever its question count
+            first_of_clip[(*key, item.clip_id)] = index
+            by_pool[key].append(index)
+    partners: list[int | None] = []
+    for item in items:
+        pool = by_pool[(item.split, item.source, item.target)]
+        candidates = [i for i in pool if items[i].clip_id != item.clip_id and _changes_answer(item, items[i])]
+        preferred = [i for i in candidates if _prefers(item, items[i])]
+        candidates = sorted(preferred or candidates, key=lambda i: items[i].clip_id)
+        if not candidates:
+            partners.append(None)
+            continue
+        item_key = int(hashlib.sha256(item.item_id.encode()).hexdigest()[:8], 16)
+        partners.append(candidates[int(np.random.default_rng([seed, item_key]).integers(len(candidates)))])
+    return partners
+
+
 def swap_options(text: str, options: Sequence[str], chosen: int, candidate: int) -> str:
     """Exchange options `chosen` and `candidate` (letters and texts) after the PLANNING stage of `text`."""
     if chosen == candidate:
         return text
-    end_of_plan = text.upper().find("</PLANNING>")
-    split_at = end_of_plan + len("</PLANNING>") if end_of_plan >= 0 else 0
-    head, tail = text[:split_at], text[split_at:]
+    head, tail = _split_after_planning(text)
     letters = LETTERS[: len(options)]
     texts = sorted({options[chosen], options[candidate]}, key=len, reverse=True)
     pattern = re.compile(r"(?<![\w'])(?P<text>(?i:" + "|".join(re.escape(t) for t in texts) + r"))(?![\w'])"
@@ -203,6 +310,70 @@ def swap_options(text: str, options: Sequence[str], chosen: int, candidate: int)
         return letter
 
     return head + pattern.sub(replace, tail)
+
+
+def swap_yes_no(text: str) -> str:
+    """Exchange the words yes and no (keeping their case) after the PLANNING stage of `text`."""
+    head, tail = _split_after_planning(text)
+
+    def replace(match: re.Match[str]) -> str:
+        found = match.group(1)
+        new = "no" if found.lower() == "yes" else "yes"
+        return new.upper() if found.isupper() and len(found) > 1 else new.capitalize() if found[0].isupper() else new
+
+    return head + _YES_OR_NO.sub(replace, tail)
+
+
+def _split_after_planning(text: str) -> tuple[str, str]:
+    end_of_plan = text.upper().find("</PLANNING>")
+    split_at = end_of_plan + len("</PLANNING>") if end_of_plan >= 0 else 0
+    return text[:split_at], text[split_at:]
+
+
+def think_part(output: str) -> str:
+    """The output up to and including its last `</THINK>`; without one, the output less any RESPONSE block."""
+    ends = list(_THINK_END.finditer(output))
+    if ends:
+        return output[: ends[-1].end()]
+    return _RESPONSE_BLOCK.sub("", output).rstrip()
+
+
+def response_block(reference: str) -> str | None:
+    """The reference's `<RESPONSE>...</RESPONSE>` block, or None."""
+    match = _RESPONSE_BLOCK.search(reference)
+    return match.group(0) if match else None
+
+
+def answer_value_spans(response: str, item: EvalItem) -> list[tuple[int, int]]:
+    """Character spans of the answer value in a RESPONSE block: for multiple choice the last mention of the
+    answer letter and every mention of its option's text; for yes/no the first yes or no; otherwise every
+    mention of the answer (whole words, any case)."""
+    spans: list[tuple[int, int]] = []
+    if item.question_type == "multiple_choice" and item.options:
+        letters = LETTERS[: len(item.options)]
+        mentions = [m for m in re.finditer(rf"(?<![A-Za-z0-9']){re.escape(item.answer)}(?![A-Za-z0-9'])", response)
+                    if is_letter_mention(m.group(0), response[m.end():], letters)]
+        spans += [mentions[-1].span()] if mentions else []
+        words = [item.options[LETTERS.index(item.answer)]] if item.answer in letters else []
+    elif item.question_type == "yes_no":
+        match = _YES_OR_NO.search(response)
+        return [match.span(1)] if match else []
+    else:
+        words = [item.answer]
+    for word in words:
+        spans += [m.span() for m in re.finditer(rf"(?<![\w']){re.escape(word)}(?![\w'])", response, re.IGNORECASE)]
+    return sorted(spans)
+
+
+class Scorer(Protocol):
+    """What the evaluation asks of a model: greedy answers, and log-likelihoods of continuations."""
+
+    def generate(self, items: Sequence[EvalItem]) -> list[str]: ...
+
+    def answer_log_likelihoods(self, item: EvalItem, answers: Sequence[str]) -> list[float]: ...
+
+    def answer_value_loss(self, item: EvalItem, continuation: str, spans: Sequence[tuple[int, int]]) -> float | None:
+        ...
 
 
 class Evaluator:
@@ -235,47 +406,129 @@ class Evaluator:
         new_tokens = output[:, batch["input_ids"].shape[1]:]
         return [text.strip() for text in self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
-    def answer_log_likelihoods(self, item: EvalItem, answers: Sequence[str]) -> list[float]:
-        """Summed log-probability of each candidate answer (with its end-of-turn token) after the prompt."""
+    def _loss_terms(self, batch: dict[str, Any]) -> tuple[Any, Any]:
+        """`answer_loss_terms` of a collated batch whose `labels` mark the tokens to score."""
         import torch
 
-        from cotaforge.train.recipe import answer_loss_terms
+        labels = batch.pop("labels").to(self.device)
+        with torch.no_grad():
+            logits = self.model(**{key: value.to(self.device) for key, value in batch.items()}).logits
+        return answer_loss_terms(logits, labels)
 
+    def answer_log_likelihoods(self, item: EvalItem, answers: Sequence[str]) -> list[float]:
+        """Summed log-probability of each candidate answer (with its end-of-turn token) after the prompt."""
         prompt = self._prompt(item)
         tokenizer = self.processor.tokenizer
         samples = [EncodedSample(prompt.input_ids + tokenizer(answer, add_special_tokens=False)["input_ids"]
                                  + [self.encoder.end_of_turn_id], prompt.prompt_tokens, prompt.input_features,
                                  prompt.feature_attention_mask) for answer in answers]
-        batch = collate(samples, self.pad_id)
-        labels = batch.pop("labels").to(self.device)
-        with torch.no_grad():
-            logits = self.model(**{key: value.to(self.device) for key, value in batch.items()}).logits
-        sums, _ = answer_loss_terms(logits, labels)
+        sums, _ = self._loss_terms(collate(samples, self.pad_id))
         return [-float(value) for value in sums]
 
-    def score_options(self, item: EvalItem, output: str) -> tuple[str | None, str]:
-        """The option whose rewritten answer is most likely (see the module docstring)."""
-        if item.reference:
-            base, named = item.reference, item.answer
-        else:
-            parsed = parse_answer(output, item.question_type, item.options)
-            if parsed.value is None:
-                return None, parsed.rule
-            base, named = output, parsed.value
-        chosen = LETTERS.index(named)
-        candidates = [swap_options(base, item.options, chosen, index) for index in range(len(item.options))]
-        scores = self.answer_log_likelihoods(item, candidates)
-        return LETTERS[int(np.argmax(scores))], "option_likelihood"
+    def answer_value_loss(self, item: EvalItem, continuation: str, spans: Sequence[tuple[int, int]]) -> float | None:
+        """Mean cross-entropy (nats per token) of the tokens of `continuation` that overlap `spans`; None if none."""
+        import torch
+
+        prompt = self._prompt(item)
+        encoded = self.processor.tokenizer(continuation, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(encoded["input_ids"])
+        chosen = [index for index, (start, end) in enumerate(encoded["offset_mapping"])
+                  if any(start < span_end and end > span_start for span_start, span_end in spans)]
+        if not chosen:
+            return None
+        batch = collate([EncodedSample(prompt.input_ids + ids, prompt.prompt_tokens, prompt.input_features,
+                                       prompt.feature_attention_mask)], self.pad_id)
+        labels = torch.full_like(batch["labels"], IGNORE_INDEX)
+        for index in chosen:
+            labels[0, prompt.prompt_tokens + index] = ids[index]
+        batch["labels"] = labels
+        sums, counts = self._loss_terms(batch)
+        return float(sums[0] / counts[0])
 
 
-def _other_audio(items: Sequence[EvalItem], index: int) -> np.ndarray | None:
-    """The audio of the next item in `items` (cyclically) whose clip differs from item `index`'s."""
-    own = items[index].samples
-    for step in range(1, len(items)):
-        candidate = items[(index + step) % len(items)].samples
-        if candidate.shape != own.shape or not np.array_equal(candidate, own):
-            return candidate
-    return None
+def option_candidates(item: EvalItem, output: str) -> list[str]:
+    """The texts option scoring compares: `output` rewritten once per option (see the module docstring).
+
+    When the output names no answer, its THINK part is kept and a bare response per option is appended.
+    """
+    parsed = parse_answer(output, item.question_type, item.options)
+    if item.question_type == "multiple_choice":
+        if parsed.value is not None:
+            chosen = LETTERS.index(parsed.value)
+            return [swap_options(output, item.options, chosen, index) for index in range(len(item.options))]
+        return [f"{think_part(output)}\n<RESPONSE>\nThe answer is {letter}\n</RESPONSE>"
+                for letter in LETTERS[: len(item.options)]]
+    if parsed.value is not None:
+        swapped = swap_yes_no(output)
+        return [output, swapped] if parsed.value == "yes" else [swapped, output]
+    return [f"{think_part(output)}\n<RESPONSE>\n{word}\n</RESPONSE>" for word in ("Yes.", "No.")]
+
+
+def score_output(scorer: Scorer, item: EvalItem, output: str, scoring: Scoring) -> tuple[str | None, str]:
+    """The prediction for `item` from `output` (generated under `item`'s audio): parsed, or by option scoring."""
+    if scoring == "options" and item.question_type in OPTION_SCORED_TYPES and (
+            item.options or item.question_type == "yes_no"):
+        candidates = option_candidates(item, output)
+        best = int(np.argmax(scorer.answer_log_likelihoods(item, candidates)))
+        value = LETTERS[best] if item.question_type == "multiple_choice" else ("yes", "no")[best]
+        return value, "option_likelihood"
+    parsed = parse_answer(output, item.question_type, item.options)
+    return parsed.value, parsed.rule
+
+
+def answer_loss(scorer: Scorer, item: EvalItem, output: str) -> float | None:
+    """The answer-token loss of `item` after `output`'s THINK part (generated under `item`'s audio)."""
+    response = response_block(item.reference)
+    if response is None:
+        return None
+    think = think_part(output)
+    continuation = f"{think}\n{response}" if think else response
+    offset = len(continuation) - len(response)
+    spans = [(start + offset, end + offset) for start, end in answer_value_spans(response, item)]
+    return scorer.answer_value_loss(item, continuation, spans) if spans else None
+
+
+def evaluate_items(scorer: Scorer, items: Sequence[EvalItem], scoring: Scoring = "generate", batch_size: int = 8,
+                   seed: int = 0, swap_audio: bool = True) -> list[ItemResult]:
+    """Answer every item with its own audio and (when `swap_audio`) with its partner's; score both."""
+    from dataclasses import replace
+
+    if scoring not in ("generate", "options"):
+        raise ValueError(f"scoring {scoring!r}: use 'generate' or 'options'")
+    partners = pair_items(items, seed) if swap_audio else [None] * len(items)
+    results: list[ItemResult] = []
+    started = time.perf_counter()
+    for first in range(0, len(items), batch_size):
+        batch = list(items[first:first + batch_size])
+        batch_partners = partners[first:first + batch_size]
+        outputs = scorer.generate(batch)
+        swapped = [replace(item, samples=items[p].samples, clip_id=items[p].clip_id)
+                   for item, p in zip(batch, batch_partners) if p is not None]
+        swapped_outputs = iter(scorer.generate(swapped) if swapped else [])
+        swapped_items = iter(swapped)
+        for item, output, partner in zip(batch, outputs, batch_partners):
+            prediction, rule = score_output(scorer, item, output, scoring)
+            result = ItemResult(item.item_id, item.split, item.source, item.question_type, item.class_label,
+                                item.target, item.answer, prediction, rule,
+                                is_correct(prediction, item.question_type, item.answer),
+                                check_format(output).compliant, _chance(item.question_type, item.options), output,
+                                answer_loss=answer_loss(scorer, item, output))
+            if partner is not None:
+                other, other_output = next(swapped_items), next(swapped_outputs)
+                other_prediction, _ = score_output(scorer, other, other_output, scoring)
+                result.swapped_clip = other.clip_id
+                result.prediction_swapped_audio = other_prediction
+                result.correct_swapped_audio = is_correct(other_prediction, item.question_type, item.answer)
+                result.output_swapped_audio = other_output
+                result.answer_loss_swapped_audio = answer_loss(scorer, other, other_output)
+            results.append(result)
+        logger.info("evaluated %d of %d questions (%.0f s)", len(results), len(items), time.perf_counter() - started)
+    return results
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return float(np.mean(present)) if present else None
 
 
 def _group_rows(items: Sequence[ItemResult]) -> list[GroupScore]:
@@ -291,11 +544,16 @@ def _group_rows(items: Sequence[ItemResult]) -> list[GroupScore]:
     for (group, value), members in groups.items():
         chances = [m.chance for m in members]
         chance = float(np.mean(chances)) if all(c is not None for c in chances) else None
-        controls = [m.control_correct for m in members]
-        control = float(np.mean(controls)) if all(c is not None for c in controls) else None
+        paired = [m for m in members if m.correct_swapped_audio is not None]
+        swapped = _mean([float(bool(m.correct_swapped_audio)) for m in paired])
+        gap = _mean([float(m.correct) - float(bool(m.correct_swapped_audio)) for m in paired])
+        # Both losses over the same questions, so the difference is the audio's alone.
+        with_losses = [m for m in members if m.answer_loss is not None and m.answer_loss_swapped_audio is not None]
         rows.append(GroupScore(group, value, len(members), float(np.mean([m.correct for m in members])), chance,
                                float(np.mean([m.format_ok for m in members])),
-                               sum(m.prediction is None for m in members), control))
+                               sum(m.prediction is None for m in members), len(paired), swapped, gap,
+                               _mean([m.answer_loss for m in with_losses]),
+                               _mean([m.answer_loss_swapped_audio for m in with_losses])))
     order = {"all": 0, "split": 1, "split/type": 2, "split/source/type/target": 3, "split/type/class": 4}
     return sorted(rows, key=lambda row: (order[row.group], row.value))
 
@@ -303,52 +561,27 @@ def _group_rows(items: Sequence[ItemResult]) -> list[GroupScore]:
 def evaluate_model(model_ref: str, data: str, splits: Sequence[str] = ("test",), scoring: Scoring = "generate",
                    max_new_tokens: int = 512, batch_size: int = 8, max_rows: int | None = None,
                    question_types: Sequence[str] | None = None, out_dir: Path | None = None, model: Any = None,
-                   processor: Any = None) -> EvalReport:
+                   processor: Any = None, seed: int = 0, swap_audio: bool = True) -> EvalReport:
     """Evaluate `model_ref` (a run's final/ folder or a Hub id) on `data`; write eval.md/json to `out_dir`.
 
     Pass `model` and `processor` to evaluate an already loaded model (`model_ref` then only names it).
+    `seed` draws the swapped-audio partners; `swap_audio=False` skips the listening measure (half the time).
+    Raises ValueError when `data` is neither kind of input or holds no questions for `splits`.
     """
     import torch
 
     from cotaforge.train.model import load_for_inference
 
+    items = list(load_items(data, splits, max_rows, question_types))
+    if not items:
+        raise ValueError(f"no questions found in {data} for splits {list(splits)}")
     if model is None or processor is None:
         model, processor = load_for_inference(model_ref, "cuda" if torch.cuda.is_available() else "cpu")
     model.eval()
-    evaluator = Evaluator(model, processor, max_new_tokens)
     started = time.perf_counter()
-    results: list[ItemResult] = []
-    pending: list[EvalItem] = []
-
-    def flush() -> None:
-        for index, (item, output) in enumerate(zip(pending, evaluator.generate(pending))):
-            parsed = parse_answer(output, item.question_type, item.options)
-            prediction, rule = parsed.value, parsed.rule
-            control = None
-            if scoring == "options" and item.question_type == "multiple_choice":
-                prediction, rule = evaluator.score_options(item, output)
-                other = _other_audio(pending, index)
-                if other is not None:
-                    # The same scoring with another clip's audio: what is left is not listening.
-                    control_prediction, _ = evaluator.score_options(replace(item, samples=other), output)
-                    control = is_correct(control_prediction, item.question_type, item.answer)
-            results.append(ItemResult(item.item_id, item.split, item.source, item.question_type, item.class_label,
-                                      item.target, item.answer, prediction, rule,
-                                      is_correct(prediction, item.question_type, item.answer),
-                                      check_format(output).compliant, _chance(item.question_type, item.options),
-                                      output, control))
-        logger.info("evaluated %d questions (%.0f s)", len(results), time.perf_counter() - started)
-        pending.clear()
-
-    for item in load_items(data, splits, max_rows, question_types):
-        pending.append(item)
-        if len(pending) == batch_size:
-            flush()
-    if pending:
-        flush()
-    if not results:
-        raise ValueError(f"no questions found in {data} for splits {list(splits)}")
-    report = EvalReport(model_ref, data, scoring, time.perf_counter() - started, _group_rows(results), results)
+    results = evaluate_items(Evaluator(model, processor, max_new_tokens), items, scoring, batch_size, seed,
+                             swap_audio)
+    report = EvalReport(model_ref, data, scoring, time.perf_counter() - started, seed, _group_rows(results), results)
     if out_dir is not None:
         write_eval_report(report, out_dir)
     return report

@@ -7,7 +7,8 @@ the accelerate config file), each process taking every N-th micro-batch.
 
 Resume is exact: a checkpoint holds the model, optimizer, scheduler and RNG states (accelerate's
 `save_state`) plus the data position, so a stopped run that is started again reaches the same weights as
-one that never stopped. A checkpoint folder is complete once its `trainer_state.json` exists.
+one that never stopped. A LoRA checkpoint holds only the trainable weights (adapters, projector): the frozen
+base is rebuilt identically on resume. A checkpoint folder is complete once its `trainer_state.json` exists.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import numpy as np
 
 from cotaforge.train.config import FinetuneConfig
 from cotaforge.train.data import (
-    IGNORE_INDEX,
     BucketedBatches,
     DataPosition,
     EncodedSample,
@@ -35,10 +35,12 @@ from cotaforge.train.data import (
     augment_waveform,
     collate,
     decode_wav,
+    response_only,
     iter_rows,
     render_user_text,
     split_shards,
 )
+from cotaforge.train.loss import answer_loss_terms, answer_tokens
 from cotaforge.train.model import export_model, load_model_for_training, load_processor_for_training
 from cotaforge.train.report import plot_loss_curve
 
@@ -67,29 +69,18 @@ class TrainResult:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+def _keep_trainable_weights(models: list[Any], weights: list[dict[str, Any]], output_dir: str) -> None:
+    """accelerate's save-state hook: drop every frozen tensor from the state dicts about to be saved."""
+    for model, state_dict in zip(models, weights):
+        trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+        for key in [key for key in state_dict if key not in trainable]:
+            del state_dict[key]
+
+
 def _resume_fingerprint(cfg: FinetuneConfig) -> dict[str, Any]:
     data = cfg.model_dump(mode="json", include={"model", "lora", "data", "train"})
     data["train"] = {k: v for k, v in data["train"].items() if k not in RESUME_FREE_TRAIN_KEYS}
     return data
-
-
-def answer_loss_terms(logits: Any, labels: Any) -> tuple[Any, Any]:
-    """Per-sample summed cross-entropy over answer tokens, and the answer token counts (next-token shift)."""
-    import torch
-
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    per_token = torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX, reduction="none",
-    ).view(shift_labels.shape)
-    mask = shift_labels != IGNORE_INDEX
-    return (per_token * mask).sum(dim=1), mask.sum(dim=1)
-
-
-def answer_tokens(labels: Any) -> Any:
-    """Answer tokens per sample, as `answer_loss_terms` counts them."""
-    return (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
 
 
 class FinetuneRecipe:
@@ -132,6 +123,7 @@ class FinetuneRecipe:
         self.processor = load_processor_for_training(cfg)
         self.encoder = SampleEncoder(self.processor, cfg.data.max_tokens)
         self.pad_id = self.processor.tokenizer.pad_token_id
+        self.response_ids = self.processor.tokenizer("<RESPONSE>", add_special_tokens=False)["input_ids"]
         model = load_model_for_training(cfg, self.processor)
 
         self.batches = BucketedBatches(
@@ -146,6 +138,10 @@ class FinetuneRecipe:
                                   else "constant_with_warmup", optimizer,
                                   num_warmup_steps=cfg.train.warmup_steps, num_training_steps=cfg.train.max_steps)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        if cfg.lora is not None:
+            # The frozen base weights are rebuilt on resume (same Hub weights, or the same seeded tiny model),
+            # so a LoRA checkpoint stores only what trains: adapters and the projector.
+            self.accelerator.register_save_state_pre_hook(_keep_trainable_weights)
         if latest is not None:
             self._load_checkpoint(latest)
 
@@ -179,7 +175,8 @@ class FinetuneRecipe:
             )
 
     def _load_checkpoint(self, checkpoint: Path) -> None:
-        self.accelerator.load_state(str(checkpoint))
+        # A LoRA checkpoint holds the trainable weights only; the rest are already in place.
+        self.accelerator.load_state(str(checkpoint), strict=self.cfg.lora is None)
         state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
         self.step = state["step"]
         self.seconds = state["seconds"]
@@ -219,7 +216,11 @@ class FinetuneRecipe:
     def _train_step(self) -> dict[str, float]:
         """One optimizer step over `grad_accum_steps` micro-batches, normalised over the whole window."""
         cfg = self.cfg.train
-        window = [collate(self.batches.next_batch(), self.pad_id) for _ in range(cfg.grad_accum_steps)]
+        zero_audio = self.cfg.data.zero_audio
+        micro_batches = [self.batches.next_batch() for _ in range(cfg.grad_accum_steps)]
+        if self.step < cfg.answer_only_steps:  # the curriculum's first phase: answers without their THINK
+            micro_batches = [[response_only(sample, self.response_ids) for sample in batch] for batch in micro_batches]
+        window = [collate(batch, self.pad_id, zero_audio=zero_audio) for batch in micro_batches]
         # Normalising by the whole window's tokens (or samples) makes accumulation equal one large batch.
         window_tokens = sum(int(answer_tokens(batch["labels"]).sum()) for batch in window)
         window_samples = sum(int((answer_tokens(batch["labels"]) > 0).sum()) for batch in window)
@@ -264,7 +265,8 @@ class FinetuneRecipe:
 
         def flush() -> None:
             nonlocal total, tokens, per_sample_total, samples
-            batch = {key: value.to(self.accelerator.device) for key, value in collate(pending, self.pad_id).items()}
+            batch = {key: value.to(self.accelerator.device)
+                     for key, value in collate(pending, self.pad_id, zero_audio=cfg.data.zero_audio).items()}
             labels = batch.pop("labels")
             with torch.no_grad(), self.accelerator.autocast():
                 sums, counts = answer_loss_terms(self.model(**batch, use_cache=False).logits, labels)
@@ -361,4 +363,5 @@ def evaluate_run(cfg: FinetuneConfig) -> "EvalReport":
         raise ValueError(f"{final_dir} holds no trained model: run `cotaforge finetune` to the last step first")
     ev = cfg.evaluate
     return evaluate_model(str(final_dir), str(cfg.data.dataset_dir), ev.splits, ev.scoring, ev.max_new_tokens,
-                          ev.batch_size, ev.max_rows, ev.question_types, out_dir=cfg.run_dir)
+                          ev.batch_size, ev.max_rows, ev.question_types, out_dir=cfg.run_dir, seed=ev.seed,
+                          swap_audio=ev.swap_audio)

@@ -3,11 +3,21 @@
 The tokenizer is a byte-level BPE trained on the train split's text (system prompt, user turns and
 answers), with Qwen's chat and audio special tokens and the CoT tags as single tokens; the feature
 extractor is Whisper's with a short window, so the encoder's positions match a 1-2 s clip.
+
+Three things differ from a plain random initialisation, all to put the input scales where a trained
+Qwen2-Audio has them:
+- the encoder's (frozen) position embedding holds Whisper's sinusoids rather than random vectors;
+- the encoder's conv stem is He-initialised, so the sound's features are about as large as the sinusoids
+  (with the default std of 0.02 they are 80 times smaller, and the encoder's output says where a frame is
+  but hardly what it holds: classes of sound sit 0.13 apart in its output, against 3.3 after this);
+- the audio-to-text projector starts at a scale where audio positions enter the decoder with the norm of
+  text embeddings (a default initialisation makes them about 12 times larger).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,4 +108,52 @@ def build_tiny_model(processor: Any, cfg: "TinyModelSection", attn_implementatio
         audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
     )
     config._attn_implementation = attn_implementation
-    return Qwen2AudioForConditionalGeneration(config)
+    model = Qwen2AudioForConditionalGeneration(config)
+    _whisper_positions(model)
+    _scale_conv_stem(model)
+    _match_audio_scale(model, config.text_config.initializer_range)
+    return model
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10_000.0) -> Any:
+    """Whisper's sinusoidal position embedding: `length` x `channels`, sines then cosines."""
+    import torch
+
+    if channels % 2:
+        raise ValueError(f"audio_dim must be even for sinusoidal positions, got {channels}")
+    log_increment = math.log(max_timescale) / (channels // 2 - 1)
+    inverse_timescales = torch.exp(-log_increment * torch.arange(channels // 2))
+    scaled_time = torch.arange(length).view(-1, 1) * inverse_timescales.view(1, -1)
+    return torch.cat([scaled_time.sin(), scaled_time.cos()], dim=1)
+
+
+def _whisper_positions(model: Any) -> None:
+    import torch
+
+    positions = model.model.audio_tower.embed_positions
+    with torch.no_grad():
+        positions.weight.copy_(sinusoids(*positions.weight.shape))
+
+
+def _scale_conv_stem(model: Any) -> None:
+    """He initialisation of the encoder's two convolutions (GELU after each), zero biases."""
+    import torch
+
+    encoder = model.model.audio_tower
+    for conv in (encoder.conv1, encoder.conv2):
+        torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        torch.nn.init.zeros_(conv.bias)
+
+
+def _match_audio_scale(model: Any, text_std: float) -> None:
+    """Scale the projector so an audio position's vector has a text embedding's expected norm.
+
+    The encoder ends in a LayerNorm, so each of its `d_audio` outputs has unit variance; projector weights
+    of std `text_std / sqrt(d_audio)` then give outputs of std `text_std`, like the embedding table's rows.
+    """
+    import torch
+
+    linear = model.model.multi_modal_projector.linear
+    with torch.no_grad():
+        linear.weight.normal_(0.0, text_std / math.sqrt(linear.in_features))
+        linear.bias.zero_()

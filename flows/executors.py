@@ -1,0 +1,190 @@
+"""Where a stage's batch tasks run: `run.executor` threads (this process) or dask (worker processes).
+
+- `threads` (default): a thread pool of `run.workers` in the flow's process.
+- `dask`: prefect-dask's `DaskTaskRunner`. Without `run.dask_address` a local cluster of `run.workers` worker
+  processes with one thread each starts (once per pipeline run, not once per stage); with an address the tasks go
+  to that running cluster (`dask scheduler` + `dask worker`, or any Dask deployment).
+
+Stages that send teacher requests (expand with an LLM teacher, caption in an LLM mode, validate with the judge)
+keep the thread pool in the flow's process under either executor. Their work is waiting on a server, not CPU; the
+response cache is one SQLite file beside the flow, each answer committed as it arrives, so no worker on another
+machine can lose or repeat an answered request, and a vLLM teacher is loaded once. Everything else (decoding,
+captions from facts, template chains of thought, checks, balancing) goes to the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
+
+import dask
+import distributed
+from distributed.comm.core import CommClosedError
+from distributed.scheduler import KilledWorker
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect_dask import DaskTaskRunner
+
+from cotaforge.config import RunConfig
+from cotaforge.errors import CotaforgeError
+
+# How long a client waits for a scheduler before saying it is unreachable (Dask's own default is 30 s).
+CONNECT_TIMEOUT_S = 10
+
+_local_address: ContextVar[str | None] = ContextVar("cotaforge_local_dask_address", default=None)
+
+
+def sends_teacher_requests(stage: str, config: RunConfig) -> bool:
+    """Whether `stage`'s batches ask a teacher server or engine (the template teacher asks nothing)."""
+    if config.teacher.backend == "template":
+        return False
+    return (stage == "expand" or (stage == "caption" and config.caption.mode != "facts")
+            or (stage == "validate" and config.validate_.judge))
+
+
+def task_runner(stage: str, config: RunConfig) -> TaskRunner:
+    """The task runner for one stage flow under `run.executor` (see the module docstring)."""
+    if config.run.executor == "threads" or sends_teacher_requests(stage, config):
+        return ThreadPoolTaskRunner(max_workers=config.run.workers)
+    address = config.run.dask_address or _local_address.get()
+    if address:
+        return WorkerTaskRunner(address=address)
+    return WorkerTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=_local_cluster_kwargs(config))
+
+
+def runs_elsewhere(runner: TaskRunner) -> bool:
+    """Whether tasks submitted to `runner` run in other processes (their progress calls do not reach this one)."""
+    return not isinstance(runner, ThreadPoolTaskRunner)
+
+
+def runner_address(runner: TaskRunner) -> str:
+    """The scheduler a Dask runner talks to, for error messages; '' for other runners."""
+    address = getattr(runner, "address", None)
+    cluster = getattr(runner, "_cluster", None)
+    return address or (cluster.scheduler_address if cluster is not None else "")
+
+
+@contextmanager
+def shared_cluster(config: RunConfig) -> Iterator[None]:
+    """Around a run of several stage flows: start the local Dask cluster once and let every stage use it."""
+    if config.run.executor != "dask" or config.run.dask_address or _local_address.get():
+        yield
+        return
+    from distributed import LocalCluster
+
+    _quiet_dask()
+    cluster = LocalCluster(**_local_cluster_kwargs(config))
+    token = _local_address.set(cluster.scheduler_address)
+    try:
+        yield
+    finally:
+        _local_address.reset(token)
+        with _quiet_shutdown():
+            cluster.close()
+
+
+def _local_cluster_kwargs(config: RunConfig) -> dict:
+    # One single-threaded process per worker: the stages are Python-bound, threads would share one GIL.
+    return {"n_workers": config.run.workers, "threads_per_worker": 1, "processes": True,
+            "host": "127.0.0.1", "dashboard_address": None, "silence_logs": logging.WARNING}
+
+
+def _quiet_dask() -> None:
+    """Dask's INFO lines (workers joining and leaving) show only with Prefect's own INFO logs (`--verbose`)."""
+    from prefect.settings import PREFECT_LOGGING_LEVEL
+
+    verbose = str(PREFECT_LOGGING_LEVEL.value()).upper() in ("DEBUG", "INFO")
+    logging.getLogger("distributed").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+@contextmanager
+def _quiet_shutdown() -> Iterator[None]:
+    """While a local cluster closes with every batch done: a worker process still flushing Prefect's events
+    after 4 s is stopped by its nanny, which needs no WARNING (shown with `--verbose`)."""
+    nanny = logging.getLogger("distributed.nanny")
+    level = nanny.level
+    if logging.getLogger("distributed").getEffectiveLevel() > logging.INFO:
+        nanny.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        nanny.setLevel(level)
+
+
+def _api_url_for_workers():
+    """Worker processes report task runs to the flow's Prefect API. With no `PREFECT_API_URL` set, the flow
+    runs a temporary server on 127.0.0.1; hand its address on, or every worker would start a server of its own.
+    Workers on other machines need a Prefect server they can reach: set `PREFECT_API_URL` (see README)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        return ExitStack()
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the same instance the flow's own client uses
+    server.start()
+    return temporary_settings({PREFECT_API_URL: server.api_url})
+
+
+class WorkerTaskRunner(DaskTaskRunner):
+    """`DaskTaskRunner` that connects as the flow starts (an unreachable scheduler fails at once, by address),
+    quiets Dask's INFO logs and hands the flow's Prefect API address on to the workers."""
+
+    def __enter__(self) -> "WorkerTaskRunner":
+        _quiet_dask()
+        super().__enter__()
+        self._exit_stack.enter_context(dask.config.set({"distributed.comm.timeouts.connect": CONNECT_TIMEOUT_S}))
+        self._exit_stack.enter_context(_api_url_for_workers())
+        try:
+            self.client  # noqa: B018 - connects (or starts the local cluster) now, not at the first batch
+        except (OSError, TimeoutError) as exc:
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise CotaforgeError(_unreachable(self.address, exc)) from None
+        return self
+
+    def __exit__(self, *args) -> None:
+        with _quiet_shutdown():
+            super().__exit__(*args)
+
+
+def batch_result(future, stage: str, batch: int, runner: TaskRunner):
+    """One batch task's result. The engine losing it (the scheduler gone, or every worker that ran it killed)
+    stops the run with a CotaforgeError that names the scheduler; the task's own error is raised as it is."""
+    wrapped = getattr(future, "wrapped_future", None)
+    if isinstance(wrapped, distributed.Future):
+        try:
+            wrapped.result()  # the task's final state; a failure inside the task comes out of future.result()
+        except KilledWorker as exc:
+            raise CotaforgeError(
+                f"{stage} batch {batch}: every Dask worker that ran it died ({exc.allowed_failures + 1} of them; "
+                "out of memory? see the workers' logs). The batches already finished are kept: re-run the same "
+                "command to go on") from None
+        except (Exception, asyncio.CancelledError) as exc:
+            client = getattr(runner, "_client", None)
+            # A closed connection is the scheduler going away, even before the client has noticed it.
+            lost = (isinstance(exc, (CommClosedError, OSError, asyncio.CancelledError))
+                    or client is None or client.status != "running")
+            what = "lost the Dask scheduler at" if lost else "the Dask cluster failed the task at"
+            raise CotaforgeError(
+                f"{what} {runner_address(runner)} during {stage} (batch {batch}): {type(exc).__name__}: {exc}. "
+                "The batches already finished are kept: re-run the same command once the cluster is back") from None
+    return future.result()
+
+
+def check_scheduler(config: RunConfig) -> None:
+    """Before a run starts: a CotaforgeError naming `run.dask_address` when no scheduler answers there."""
+    if config.run.executor != "dask" or not config.run.dask_address:
+        return
+    try:
+        with dask.config.set({"distributed.comm.timeouts.connect": CONNECT_TIMEOUT_S}), \
+                distributed.Client(config.run.dask_address, timeout=CONNECT_TIMEOUT_S, set_as_default=False):
+            pass
+    except (OSError, TimeoutError) as exc:
+        raise CotaforgeError(_unreachable(config.run.dask_address, exc)) from None
+
+
+def _unreachable(address: str, exc: BaseException) -> str:
+    return (f"cannot reach the Dask scheduler at {address}: {exc}. Start it (`dask scheduler`, then "
+            "`dask worker ADDRESS` on each machine) or fix --dask-address / run.dask_address")
