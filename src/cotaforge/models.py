@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: scene_kind, events and twin_of added to samples; clips carry timelines
 SAMPLE_RATE_HZ = 16_000
 COT_STAGES = ("planning", "caption", "reasoning", "summary", "response")
 SINGLE_CLIP_QUESTION_TYPES = ("multiple_choice", "yes_no", "open_ended", "comparison")

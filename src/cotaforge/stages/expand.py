@@ -386,8 +386,8 @@ def expand_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
     bank = load_bank(cfg.expand.question_bank, QUESTION_PLACEHOLDERS)
     fields = grounding_fields(stats, cfg)
     stats_key = {k: stats[k] for k in ("classes_by_dataset", "metadata_values", "fact_medians", "classes")}
-    fp = fingerprint(STAGE, STAGE_VERSION, cfg.section_hash("expand"), cfg.run.seed, teacher.fingerprint(),
-                     prompt_fingerprint([cfg.expand.question_bank]),
+    fp = fingerprint(STAGE, STAGE_VERSION, SCHEMA_VERSION, cfg.section_hash("expand"), cfg.run.seed,
+                     teacher.fingerprint(), prompt_fingerprint([cfg.expand.question_bank]),
                      run.part_fingerprint("caption", batch), stable_hash([stats_key, fields]), target_snr_db(cfg))
     if run.part_fingerprint(STAGE, batch) == fp:
         report = run.stored_report(STAGE, batch)
