@@ -22,13 +22,18 @@ EXAMPLES = ROOT / "examples"
 
 def _subset_manifest(source: Path, dest_dir: Path, keep) -> Path:
     """Copy the rows of an example manifest that `keep(row)` selects, with their audio."""
-    dest_dir.mkdir(parents=True, exist_ok=True)
     with source.open(encoding="utf-8", newline="") as handle:
         rows = [row for row in csv.DictReader(handle) if keep(row)]
+    return write_manifest(dest_dir, source.parent, rows)
+
+
+def write_manifest(dest_dir: Path, audio_root: Path, rows: list[dict]) -> Path:
+    """`dest_dir/manifest.csv` with these rows, their audio copied from `audio_root` to the same relative paths."""
+    dest_dir.mkdir(parents=True, exist_ok=True)
     for row in rows:
         target = dest_dir / row["path"]
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(source.parent / row["path"], target)
+        shutil.copy(audio_root / row["path"], target)
     manifest = dest_dir / "manifest.csv"
     with manifest.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

@@ -24,7 +24,7 @@ from cotaforge.errors import ConfigError
 from cotaforge.models import Clip
 from cotaforge.stages.compose import plan_compose, planned_scenes, read_splits, run_compose
 from cotaforge.stages.ingest import load_run_stats, read_clips, run_ingest
-from ..conftest import make_config, run_stages
+from ..conftest import make_config, run_stages, write_manifest
 
 RATE = 16_000
 SCENE_ARGS = ("compose.scenes=36", "compose.twin_fraction=0.5")
@@ -313,7 +313,7 @@ def test_too_few_classes_turns_compose_off(tmp_path, digits_manifest):
     two = tmp_path / "two"
     with digits_manifest.open(encoding="utf-8") as handle:
         rows = [r for r in csv.DictReader(handle) if r["label"] in {"one", "two"}]
-    manifest = _write_manifest(two, digits_manifest.parent, rows)
+    manifest = write_manifest(two, digits_manifest.parent, rows)
     cfg, run, report = compose_run(tmp_path / "out", [manifest])
     assert report.rows_out == 0 and any("compose off" in n and "2 classes" in n for n in report.notes)
     assert not (run.root / "compose" / "splits.json").exists() and scene_rows(run) == []
@@ -325,7 +325,7 @@ def test_too_few_classes_turns_compose_off(tmp_path, digits_manifest):
 def test_one_class_builds_nothing_and_says_why(tmp_path, digits_manifest):
     with digits_manifest.open(encoding="utf-8") as handle:
         rows = [r for r in csv.DictReader(handle) if r["label"] == "one"]
-    manifest = _write_manifest(tmp_path / "one", digits_manifest.parent, rows)
+    manifest = write_manifest(tmp_path / "one", digits_manifest.parent, rows)
     cfg, run, report = compose_run(tmp_path / "out", [manifest], "compose.enabled=true")
     skipped = [n for n in report.notes if n.startswith("kind ")]
     assert len(skipped) == 3 and all("2 classes" in n for n in skipped)
@@ -345,7 +345,7 @@ def test_more_scenes_than_the_clips_allow_makes_what_it_can(tmp_path, drums_mani
     firsts = {}
     for r in rows:
         firsts.setdefault(r["label"], r)
-    manifest = _write_manifest(tmp_path / "tiny", drums_manifest.parent, list(firsts.values())[:3])
+    manifest = write_manifest(tmp_path / "tiny", drums_manifest.parent, list(firsts.values())[:3])
     cfg, run, report = compose_run(tmp_path / "out", [manifest], "compose.scenes=300", "compose.kinds={sequence: 1}",
                                    "publish.splits={train: 1.0}", group_by=None)
     built = scene_rows(run)
@@ -409,19 +409,6 @@ def test_plan_report_says_what_was_built(composed):
     note = next(n for n in report.notes if n.startswith("planned "))
     assert all(f"{k} {kinds[k]}" in note for k in ("sequence", "repeat", "mixture"))
     assert plan_compose(run, composed[0]).parts_skipped == 1
-
-
-def _write_manifest(folder: Path, audio_root: Path, rows: list[dict]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for row in rows:
-        (folder / row["path"]).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(audio_root / row["path"], folder / row["path"])
-    manifest = folder / "manifest.csv"
-    with manifest.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cotaforge import progress
-from cotaforge.audio import acoustic_facts, content_hash, read_wav_bytes, to_pcm16, wav_bytes
+from cotaforge.audio import acoustic_facts, content_hash, dbfs, read_wav_bytes, rms_dbfs, to_pcm16, wav_bytes
 from cotaforge.config import RunConfig, stable_hash
 from cotaforge.describe import display_label
 from cotaforge.models import SAMPLE_RATE_HZ, Rejection, StageReport, count_reasons, merge_reports
@@ -89,14 +89,6 @@ def audible_bounds(samples: np.ndarray, silence_peak_dbfs: float) -> tuple[int, 
     if not len(loud) or peaks.max() <= 0:
         return 0, 0
     return int(loud[0] * FRAME), int(min(len(samples), (loud[-1] + 1) * FRAME))
-
-
-def _dbfs(value: float) -> float:
-    return 20.0 * math.log10(max(value, 1e-10))
-
-
-def _rms_dbfs(samples: np.ndarray) -> float:
-    return _dbfs(math.sqrt(float(np.dot(samples, samples)) / len(samples))) if len(samples) else -200.0
 
 
 SOURCES_SCHEMA = pa.schema([
@@ -162,7 +154,7 @@ def build_sources(run: RunDir, cfg: RunConfig, stats: dict) -> tuple[pa.Table, l
                         "source": next_source, "clip_id": clip["clip_id"], "source_dataset": clip["source_dataset"],
                         "source_path": clip["source_path"], "source_id": clip["source_id"],
                         "class_label": clip["class_label"], "group_id": clip["group_id"], "samples": end - start,
-                        "level_dbfs": _rms_dbfs(part), "peak_dbfs": _dbfs(float(np.max(np.abs(part)))),
+                        "level_dbfs": rms_dbfs(part), "peak_dbfs": dbfs(float(np.max(np.abs(part)))),
                         # read_wav_bytes scales by 1/32768, so this gives back the exact PCM of the clip.
                         "pcm16": (part * 32768.0).round().astype("<i2").tobytes(),
                     })
@@ -678,14 +670,14 @@ def render_scene(scene: dict, audio: dict[int, np.ndarray], meta: dict[int, dict
     attenuation = min(1.0, PEAK_LIMIT / peak) if peak > 0 else 1.0
     if attenuation < 1.0:
         mix *= np.float32(attenuation)
-    attenuation_db = _dbfs(attenuation)
+    attenuation_db = dbfs(attenuation)
     events = []
     for p, signal in zip(scene["events"], signals):
         m = meta[p["source"]]
         events.append(Event(class_label=display_label(m["class_label"]), source_path=m["source_path"],
                             source_id=m["source_id"], clip_id=m["clip_id"], onset_s=p["onset"] / SAMPLE_RATE_HZ,
                             offset_s=(p["onset"] + len(signal)) / SAMPLE_RATE_HZ,
-                            gain_db=p["gain_db"] + attenuation_db, level_dbfs=_rms_dbfs(signal) + attenuation_db))
+                            gain_db=p["gain_db"] + attenuation_db, level_dbfs=rms_dbfs(signal) + attenuation_db))
     pcm16 = to_pcm16(mix)
     clip_id = content_hash(pcm16)
     # Facts from the 16-bit signal, exactly as ingest would measure this WAV.
