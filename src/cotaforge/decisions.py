@@ -163,11 +163,15 @@ def review_outcomes(decisions: list[Decision], revision_fields: dict[tuple[str, 
                                   f"({decision.action}, {decision.created_at}) skipped: {problem}")
         else:
             usable.append(decision)
+    # A revision whose edit was undone is withdrawn: a decision still naming it keeps or drops the sample,
+    # but its text is never published.
+    withdrawn = withdrawn_ids(usable)
+    dropped = {(d.sample_id, d.revision) for d in usable if d.action == "edit" and d.id in withdrawn}
     for sample_id, by_annotator in latest_decisions(usable).items():
         latest = list(by_annotator.values())
         rejected_by = tuple(sorted(name for name, d in by_annotator.items() if d.action == "reject"))
         keep = not rejected_by
-        revision = max(d.revision for d in latest) if keep else 0
+        revision = max((d.revision for d in latest if (sample_id, d.revision) not in dropped), default=0) if keep else 0
         fields = revision_fields.get((sample_id, revision)) if revision else None
         review = {
             "decision": ("edit" if revision else "accept") if keep else "reject",

@@ -28,6 +28,7 @@ import random
 from dataclasses import dataclass
 
 from cotaforge.cot import option_letter
+from cotaforge.describe import format_time_s
 from cotaforge.models import SCENE_QUESTION_TYPES
 from cotaforge.scenes import (MIN_LEVEL_DIFF_DB, MIN_ONSET_OPTION_GAP_S, Event, all_separated,
                               durations_distinct, level_above_rest_db, levels_distinct, separated)
@@ -67,10 +68,6 @@ def target_snr_db(cfg: object) -> float:
     """`compose.min_target_snr_db` of a run config, or the default where the config has none."""
     compose = getattr(cfg, "compose", None)
     return float(getattr(compose, "min_target_snr_db", DEFAULT_TARGET_SNR_DB))
-
-
-def format_onset(seconds: float) -> str:
-    return f"{seconds:.1f}"
 
 
 # -- certainty ----------------------------------------------------------------------------------------------
@@ -156,7 +153,7 @@ def answer_for(form: str, asked: list[str], events: list[Event], snr_db: float =
         return "yes" if any(audible(e, events, snr_db) for e in found) else None
     if form == "onset":
         x = _once(asked[0], events)
-        return format_onset(x.onset_s) if x is not None and audible(x, events, snr_db) else None
+        return format_time_s(x.onset_s) if x is not None and audible(x, events, snr_db) else None
     return None
 
 
@@ -222,8 +219,8 @@ def onset_options(onset_s: float, duration_s: float, n_options: int, position: i
         return []
     k = min(position % n_options, below, n - 1)
     k = max(k, n - 1 - above)
-    others = [format_onset(truth + (i - k) * step) for i in range(n) if i != k]
-    return _place(format_onset(truth), others, position % n)
+    others = [format_time_s(truth + (i - k) * step) for i in range(n) if i != k]
+    return _place(format_time_s(truth), others, position % n)
 
 
 def _choice_options(answer: str, classes: list[str], n_options: int, position: int, rng: random.Random) -> list[str]:

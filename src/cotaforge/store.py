@@ -153,7 +153,8 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
-def _temporary_beside(path: Path) -> Path:
+def temporary_beside(path: Path) -> Path:
+    """Where a file is written before its rename into place: hidden, beside it, named after its writer."""
     return path.with_name(f".{path.name}.{owner_tag()}.tmp")
 
 
@@ -163,7 +164,7 @@ def write_table_atomic(table: pa.Table, path: Path, metadata: dict[bytes, bytes]
     path.parent.mkdir(parents=True, exist_ok=True)
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    tmp = _temporary_beside(path)
+    tmp = temporary_beside(path)
     try:
         pq.write_table(table, tmp, compression=compression, use_dictionary=dictionary_columns(table.schema))
         os.replace(tmp, path)
@@ -173,7 +174,7 @@ def write_table_atomic(table: pa.Table, path: Path, metadata: dict[bytes, bytes]
 
 def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_beside(path)
+    tmp = temporary_beside(path)
     try:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)

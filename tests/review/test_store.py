@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from cotaforge.review.db import ReviewStore, claims, resolve_db_url
+from cotaforge.review.db import ReviewStore, RevisionConflict, claims, resolve_db_url
 from cotaforge.review.queue import next_sample
 from cotaforge.review.samples import RunSamples
 from cotaforge.store import RunDir
@@ -192,6 +192,14 @@ def test_undo_is_a_new_decision_that_withdraws_the_last_one(db_url: str) -> None
     latest = latest_decisions(store.decisions())
     assert "ana" not in latest["s4" * 5] and latest["s3" * 5]["ana"].action == "accept"
     assert store.current_revision("s4" * 5) == (0, None)  # the withdrawn edit is no longer what others see
+    # bo's accept named revision 1: the sample stays, but the withdrawn text is not what gets published.
+    from cotaforge.decisions import review_outcomes
+
+    outcome = review_outcomes(store.decisions(), store.revision_fields()).outcomes["s4" * 5]
+    assert outcome.keep and outcome.revision == 0 and outcome.fields is None
+    # And nobody can decide on the withdrawn revision any more.
+    with pytest.raises(RevisionConflict):
+        store.record_decision(nonce="u8" * 12, sample_id="s4" * 5, annotator_id=bo, action="accept", revision=1)
     assert not next(c for c in store.claims() if c.sample_id == "s4" * 5 and c.annotator_id == ana).done
     # The next undo reaches the decision before; nothing is too old to undo only within the window.
     assert store.undo_last(nonce="u5" * 12, annotator_id=ana, window_s=0) is None

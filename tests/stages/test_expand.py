@@ -72,3 +72,30 @@ def test_every_stage_is_written_from_the_clip_and_rendered_tagged(built):
         stages, problems = parse_assistant_text(s["assistant_text"])
         assert problems == [] and stages["reasoning"] == s["reasoning"]
         assert s["teacher"]["prompt_versions"] == ["cot_template.v2"]
+
+
+def test_teacher_text_is_kept_in_normal_form_so_validate_does_not_drop_it(built, tmp_path, monkeypatch):
+    """A teacher's no-break spaces, ellipses and zero-width spaces are normalised at expand, not rejected."""
+    import shutil
+
+    from cotaforge.stages import expand, validate
+    from cotaforge.store import RunDir
+    from cotaforge.teacher.template import TemplateTeacher
+
+    cfg, run, _ = built
+
+    class Typographic(TemplateTeacher):
+        def write_cots(self, requests):
+            return [c.model_copy(update={"caption": c.caption.replace(" ", "\u00a0", 1) + " Then\u2026 quiet\u200b."})
+                    if hasattr(c, "caption") else c for c in super().write_cots(requests)]
+
+    copy = RunDir(tmp_path / "run")
+    shutil.copytree(run.root, copy.root)
+    shutil.rmtree(copy.stage_dir("expand"))
+    shutil.rmtree(copy.stage_dir("validate"), ignore_errors=True)
+    monkeypatch.setattr(expand, "build_teacher", lambda cfg: Typographic(cfg.expand.cot_bank))
+    expand.expand_batch(copy, cfg, 0)
+    captions = copy.read_part("expand", 0, ["caption"])["caption"].to_pylist()
+    assert captions and all("Then... quiet." in c and "\u00a0" not in c for c in captions)
+    report = validate.validate_batch(copy, cfg, 0)
+    assert not {"text_not_normalized", "mixed_script_word"} & set(report.rejected), report.rejected

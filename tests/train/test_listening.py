@@ -203,6 +203,21 @@ def test_unknown_question_types_are_scored_as_text_and_still_paired() -> None:
     assert [r.swapped_clip for r in results] == ["c1", "c0"] and all(r.rule == "text" for r in results)
 
 
+def test_scene_questions_pair_only_with_clips_asked_the_same_question() -> None:
+    # Counts of "dog" and of "cat" answer different questions: a cat count never stands in for a dog count,
+    # and a scene yes/no "no" pairs with a clip whose answer to the same question is "yes".
+    def scene(i: int, asked: str, qtype: str, target: str, value: str) -> EvalItem:
+        return EvalItem(f"s{i}", _tone(220.0 + 40 * i, i), "?", [], qtype, value, "scene", "test", target=target,
+                        target_value=value, asked_value=asked, clip_id=f"c{i}")
+
+    items = [scene(0, '["dog"]', "count", "scene.count", "2"), scene(1, '["cat"]', "count", "scene.count", "3"),
+             scene(2, '["dog"]', "count", "scene.count", "1"), scene(3, '["cat"]', "count", "scene.count", "3"),
+             scene(4, '["dog"]', "presence", "scene.present", "no"),
+             scene(5, '["dog"]', "presence", "scene.present", "yes")]
+    partners = pair_items(items, seed=0)
+    assert [items[i].item_id if i is not None else None for i in partners] == ["s2", None, "s0", None, "s5", "s4"]
+
+
 def test_answer_value_spans_cover_the_letter_and_option_text_in_the_response() -> None:
     mc = make_items(takes=1)[0]
     letter = mc.answer

@@ -96,6 +96,9 @@ REASON_TEXT = {
     "leak_answer_in_question": "the question gives the answer away",
     "near_duplicate_question": "the question repeats another question about this clip",
     "text_not_normalized": "the text holds hidden, control or compatibility characters",
+    "cot_contradicts_facts": "a number in the caption or reasoning (seconds, Hz, dBFS, onsets) is off from "
+                             "the clip's measured facts",
+    "cot_contradicts_timeline": "the caption or reasoning gets a count, a time or the order of the sounds wrong",
     "mixed_script_word": "a word mixes letters of different alphabets (look-alike letters)",
     "too_many_options": "there are more options than this run's multiple-choice questions have",
     "options_not_allowed": "only a multiple-choice question has options; leave the options empty",
@@ -486,6 +489,10 @@ def create_app(run_root: Path, db_url: str | None = None, cfg: RunConfig | None 
                                   revision=shown, require_served=True)
         except UnknownRevision as exc:
             raise BadRequest(str(exc)) from exc
+        except RevisionConflict as exc:
+            return HTMLResponse(f"Not saved: revision {shown}, which you were deciding on, was withdrawn; revision "
+                                f"{exc.newest} is what stands now. <a href=\"/samples/{sample_id}\">Reload the "
+                                "sample</a> and decide again.", status_code=409)
         except NotServed as exc:
             raise Forbidden(str(exc)) from exc
         return go_next(annotator, queue_filter)

@@ -149,11 +149,11 @@ class Claim:
 
 
 class RevisionConflict(Exception):
-    """An edit was built on a revision that is no longer the newest; the message names the newest."""
+    """A decision names a revision that is no longer the newest live one; the message names the newest."""
 
     def __init__(self, sample_id: str, based_on: int, newest: int) -> None:
-        super().__init__(f"sample {sample_id}: the edit was built on revision {based_on}, but revision {newest} "
-                         "was saved meanwhile")
+        super().__init__(f"sample {sample_id}: the decision was made on revision {based_on}, but revision {newest} "
+                         "is the newest now")
         self.based_on, self.newest = based_on, newest
 
 
@@ -432,7 +432,7 @@ class ReviewStore:
         Returns (recorded, revision): recorded is False when this nonce was already stored, so a form
         sent twice counts once; revision is the decided (or newly created) one. Raises UnknownRevision
         when `revision` does not exist, RevisionConflict when an edit's base is no longer the newest
-        revision, and NotServed (with `require_served`) when the sample was not served to the annotator.
+        revision (or the decided revision was withdrawn by an undo), and NotServed (with `require_served`) when the sample was not served to the annotator.
         """
         if action not in ACTIONS or action == "undo":
             raise ValueError(f"action {action!r}: use one of accept, reject, edit (undo has its own call)")
@@ -457,6 +457,11 @@ class ReviewStore:
                                       f"{', '.join(map(str, [0, *sorted(revisions_held)]))}); reload the sample page")
             at = created_at or now_iso()
             new_revision = revision
+            if edit_fields is None and revision != 0:
+                # Accepting or rejecting a revision whose edit was withdrawn would endorse text nobody proposes.
+                newest = _newest_live_revision(select_decisions(conn, sample_id), sorted(revisions_held))
+                if revision > newest:
+                    raise RevisionConflict(sample_id, revision, newest)
             if edit_fields is not None:
                 newest = _newest_live_revision(select_decisions(conn, sample_id), sorted(revisions_held))
                 if revision != newest:

@@ -55,7 +55,8 @@ from cotaforge.scenes import (MIN_DURATION_RATIO, MIN_GAP_S, MIN_LEVEL_DIFF_DB, 
                               events_to_json, level_above_rest_db)
 from cotaforge.stages.ingest import load_run_stats, read_clips
 from cotaforge.stages.publish import assign_splits
-from cotaforge.store import CLIP_SCHEMA, RunDir, fingerprint, json_dumps, owner_tag, write_rejects, write_text_atomic
+from cotaforge.store import (CLIP_SCHEMA, RunDir, fingerprint, json_dumps, temporary_beside, write_rejects,
+                             write_text_atomic)
 
 STAGE = "compose"
 STAGE_VERSION = 1  # bump when the code changes what a part or the plan holds
@@ -126,7 +127,7 @@ def build_sources(run: RunDir, cfg: RunConfig, stats: dict) -> tuple[pa.Table, l
             return pq.read_table(path, columns=columns), stored["notes"]
     sidecar.unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{owner_tag()}.tmp")
+    tmp = temporary_beside(path)
     longest = _longest_event_samples(cfg)
     multi_label = too_long = timed = 0
     next_source = 0
@@ -244,10 +245,14 @@ def _events(placed: list[dict], sources: dict[int, _Source]) -> list[Event]:
     events = []
     for p in placed:
         s = sources[p["source"]]
+        # A linear fade over a share f of the samples keeps about 1 - 2f/3 of their energy (if it is spread
+        # evenly): without this a crossfaded event would be planned louder than it renders.
+        kept = 1.0 - (2.0 / 3.0) * (p["fade_in"] + p["fade_out"]) / s.samples
+        fade_db = 10.0 * math.log10(max(kept, 1e-6)) if p["fade_in"] or p["fade_out"] else 0.0
         events.append(Event(class_label=display_label(s.cls), source_path=s.path, source_id=s.source_id,
                             clip_id=s.clip_id, onset_s=p["onset"] / SAMPLE_RATE_HZ,
                             offset_s=(p["onset"] + s.samples) / SAMPLE_RATE_HZ, gain_db=p["gain_db"],
-                            level_dbfs=s.level_dbfs + p["gain_db"]))
+                            level_dbfs=s.level_dbfs + p["gain_db"] + fade_db))
     return events_from_json(events_to_json(events))
 
 
@@ -505,7 +510,7 @@ def plan_compose(run: RunDir, cfg: RunConfig) -> StageReport:
             report = StageReport.model_validate(stored["report"])
             return report.model_copy(update={"parts_skipped": 1, "parts_done": 0, "seconds": 0.0})
 
-    split_of = _decide_splits(run, cfg)
+    split_of = _decide_splits(run, cfg, stats)
     sources = {row["source"]: _Source(row["source"], row["clip_id"], row["source_dataset"], row["source_path"],
                                       row["source_id"], row["class_label"], row["samples"], row["level_dbfs"],
                                       row["peak_dbfs"]) for row in table.to_pylist()}
@@ -550,9 +555,8 @@ def planned_scenes(run: RunDir, batch: int) -> list[dict]:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
 
 
-def _decide_splits(run: RunDir, cfg: RunConfig) -> dict[str, str]:
+def _decide_splits(run: RunDir, cfg: RunConfig, stats: dict) -> dict[str, str]:
     """Every source group's split, by clip count per source dataset (the same rule publish uses for samples)."""
-    stats = load_run_stats(run)
     counts: dict[str, dict[str, int]] = {}
     for batch in range(run.batch_count()):
         clips = read_clips(run, batch, stats, with_scenes=False)

@@ -38,6 +38,7 @@ from cotaforge.stages.ingest import load_run_stats, read_clips
 from cotaforge.store import SAMPLE_SCHEMA, RunDir, fingerprint, json_dumps
 from cotaforge.teacher.base import CotRequest, QuestionRequest, Teacher, TeacherFailure
 from cotaforge.teacher.build import build_teacher as _build_teacher
+from cotaforge.textnorm import normalize_text
 
 STAGE = "expand"
 STAGE_VERSION = 2
@@ -340,9 +341,10 @@ def write_llm_questions(planned: list[Planned], teacher: Teacher) -> tuple[list[
             options = list(req.options)
         elif req.options:
             correct = ord(req.answer) - ord("A")
-            options = [o.strip() for o in draft.wrong_options]
+            options = [normalize_text(o).strip() for o in draft.wrong_options]
             options.insert(correct, req.options[correct])
-        item.request = dataclasses.replace(req, question=draft.question.strip(), options=options)
+        item.request = dataclasses.replace(req, question=normalize_text(draft.question).strip(),
+                                           options=options)
     dropped = {id(item) for item, _ in failed}
     return [item for item in planned if id(item) not in dropped], failed
 
@@ -414,7 +416,10 @@ def expand_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
         if isinstance(result, TeacherFailure):
             rejects.append(_teacher_reject(item, result))
         else:
-            rows.append(_sample_row(item, result.model_dump(), teacher_info))
+            # Teacher text in its normal form (NFKC, no control or format characters): validate then
+            # refuses only what normalising cannot make plain, such as mixed-script words.
+            stages = {name: normalize_text(text) for name, text in result.model_dump().items()}
+            rows.append(_sample_row(item, stages, teacher_info))
     progress.advance(STAGE, len(clips))
     rejected = count_reasons(rejects)
     report = StageReport(stage=STAGE, rows_in=len(clips), rows_out=len(rows), rejected=rejected, parts_done=1,

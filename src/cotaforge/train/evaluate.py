@@ -247,7 +247,8 @@ def _changes_answer(item: EvalItem, partner: EvalItem) -> bool:
     """Whether `partner`'s clip answers `item`'s question differently (what the swapped audio must do)."""
     if _same(partner.target_value, item.target_value):
         return False
-    if item.question_type == "yes_no" and item.answer.strip().lower() == "no" and item.asked_value:
+    if item.question_type == "yes_no" and item.answer.strip().lower() == "no" and item.asked_value \
+            and not item.target.startswith("scene."):
         # "Is it X?" with answer no flips only under a clip that is X; other clips keep the answer.
         return _same(partner.target_value, item.asked_value)
     return True
@@ -258,25 +259,32 @@ def _prefers(item: EvalItem, partner: EvalItem) -> bool:
     return item.question_type != "multiple_choice" or any(_same(partner.target_value, o) for o in item.options)
 
 
+def _pool_key(item: EvalItem) -> tuple[str, str, str, str]:
+    """Items whose target values answer one question: a scene question's value answers only the question
+    with the same classes asked about ("how many times is X heard"), so those are pooled by them too."""
+    asked = item.asked_value if item.target.startswith("scene.") else ""
+    return item.split, item.source, item.target, asked
+
+
 def pair_items(items: Sequence[EvalItem], seed: int = 0) -> list[int | None]:
     """For each item, the index of its partner clip's item, or None where no clip qualifies.
 
-    The partner is in the same split, source dataset and target (what the question asks about), is another
-    clip, and answers the item's question differently: another class for a class question; for yes/no with
+    The partner is in the same split, source dataset and target (what the question asks about; for a scene
+    question also the classes it asks about), is another clip, and answers the item's question differently: another class for a class question; for yes/no with
     answer "no", a clip of the asked class. Multiple choice prefers a clip whose class is one of the options.
     Among those, one is drawn with a generator seeded by (seed, item id), so the pairing does not depend on
     the order or number of the other items evaluated.
     """
-    by_pool: dict[tuple[str, str, str], list[int]] = defaultdict(list)
-    first_of_clip: dict[tuple[str, str, str, str], int] = {}
+    by_pool: dict[tuple[str, str, str, str], list[int]] = defaultdict(list)
+    first_of_clip: dict[tuple[str, ...], int] = {}
     for index, item in enumerate(items):
-        key = (item.split, item.source, item.target)
+        key = _pool_key(item)
         if (*key, item.clip_id) not in first_of_clip:  # one candidate per clip, whatever its question count
             first_of_clip[(*key, item.clip_id)] = index
             by_pool[key].append(index)
     partners: list[int | None] = []
     for item in items:
-        pool = by_pool[(item.split, item.source, item.target)]
+        pool = by_pool[_pool_key(item)]
         candidates = [i for i in pool if items[i].clip_id != item.clip_id and _changes_answer(item, items[i])]
         preferred = [i for i in candidates if _prefers(item, items[i])]
         candidates = sorted(preferred or candidates, key=lambda i: items[i].clip_id)
