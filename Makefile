@@ -34,7 +34,18 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.core-installed
 	$(BIN)/cotaforge run configs/demo.yaml
 
-test: $(VENV)/.dev-installed
+# ms-swift's environment, where the export test loads the swift files with ms-swift's own loader. ms-swift pins
+# transformers < 5.20, so it gets a virtualenv of its own; a .pth file lets it see .venv's packages (torch above
+# all), and pip adds only what ms-swift needs on top. If it cannot be built, that one test skips and says why.
+SWIFT_VENV := .venv-swift
+$(SWIFT_VENV)/.installed: $(VENV)/.dev-installed
+	rm -rf $(SWIFT_VENV) && $(PYTHON) -m venv $(SWIFT_VENV)
+	$(BIN)/python -c "import site; print(site.getsitepackages()[0])" > \
+		"$$($(SWIFT_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/cotaforge-venv.pth"
+	if $(SWIFT_VENV)/bin/pip install --quiet 'ms-swift==4.6.0' 'transformers<5.20'; then touch $@; else \
+		rm -rf $(SWIFT_VENV); echo "warning: could not install ms-swift; the ms-swift export test will skip"; fi
+
+test: $(VENV)/.dev-installed $(SWIFT_VENV)/.installed
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.core-installed

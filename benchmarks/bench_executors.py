@@ -5,9 +5,11 @@
     .venv/bin/python benchmarks/bench_executors.py speedup --clips 2000 --batch-size 250
 
 Overhead: a flow maps a task that does nothing over `--tasks` batches, through the same `map_batches` the
-stages use, on the threads executor and on a local Dask cluster, each with 2 workers. Overhead per task is the
-worker time each task costs: wall x workers / tasks (and the plain wall / tasks beside it). The same tasks
-sent straight to the cluster with `Client.map` show Dask's own share of it.
+stages use, on the threads executor and on a local Dask cluster, each with 2 workers: once with one batch a
+task (`run.batches_per_task=1`) and once as the stages run, with runs of consecutive batches a task. Overhead
+per task is the worker time each task costs: wall x workers / tasks (and the plain wall / tasks beside it);
+"per task" in the grouped rows is per batch. The same one-batch tasks sent straight to the cluster with
+`Client.map` show Dask's own share of it.
 
 Speed-up: synthetic clips (0.5-1 s, 44.1 kHz stereo WAV, 8 classes) go through ingest -> expand once on
 threads; then ingest and validate (their parts deleted before each measurement) run again as stage flows on a
@@ -47,11 +49,11 @@ def _noop_batch(run, cfg, batch: int):
     return StageReport(stage="noop", rows_in=1, rows_out=1, parts_done=1)
 
 
-def _config(out: Path, manifest: Path | None, workers: int, executor: str, batch_size: int = 100):
+def _config(out: Path, manifest: Path | None, workers: int, executor: str, batch_size: int = 100, *extra: str):
     from cotaforge.config import load_config
 
     return load_config(None, [f"run.out_dir={out}", "run.name=bench", f"run.batch_size={batch_size}",
-                              f"run.workers={workers}", f"run.executor={executor}", "compose.enabled=false"],
+                              f"run.workers={workers}", f"run.executor={executor}", "compose.enabled=false", *extra],
                        inputs__manifests=[manifest] if manifest else [])
 
 
@@ -61,7 +63,7 @@ def bench_overhead(tasks: int, workers: int = 2) -> list[dict]:
     from prefect import flow
 
     from cotaforge.store import RunDir, write_table_atomic
-    from flows.common import batch_task, map_batches, run_stage
+    from flows.common import batch_runs, batch_task, map_batches, run_stage
     from flows.executors import _local_address, shared_cluster
 
     noop_task = batch_task("noop-batch", _noop_batch)
@@ -73,7 +75,7 @@ def bench_overhead(tasks: int, workers: int = 2) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-exec-") as tmp:
         for executor in ("threads", "dask"):
-            config = _config(Path(tmp), None, workers, executor)
+            config = _config(Path(tmp), None, workers, executor, 100, "run.batches_per_task=1")
             run = RunDir.for_config(config)
             write_table_atomic(pa.table({"row_index": pa.array(range(tasks), pa.int64())}), run.manifest_path,
                                {b"cotaforge.batches": str(tasks).encode()})
@@ -81,6 +83,10 @@ def bench_overhead(tasks: int, workers: int = 2) -> list[dict]:
             with shared_cluster(config):
                 run_stage(noop_flow, cfg)  # warm: worker imports, Prefect's first calls
                 rows.append(_overhead_row(executor, workers, tasks, run_stage(noop_flow, cfg).seconds))
+                # The stages' default: runs of consecutive batches, about 8 tasks per worker.
+                grouped = _config(Path(tmp), None, workers, executor).to_dict()
+                rows.append(_overhead_row(f"{executor}, {len(batch_runs(tasks, workers))} tasks of several batches",
+                                          workers, tasks, run_stage(noop_flow, grouped).seconds))
                 if executor == "dask":
                     # The same tasks straight on the cluster, without Prefect's task engine: Dask's own share.
                     from distributed import Client

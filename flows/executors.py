@@ -10,12 +10,17 @@ keep the thread pool in the flow's process under either executor. Their work is 
 response cache is one SQLite file beside the flow, each answer committed as it arrives, so no worker on another
 machine can lose or repeat an answered request, and a vLLM teacher is loaded once. Everything else (decoding,
 captions from facts, template chains of thought, checks, balancing) goes to the workers.
+
+A cluster that answers but has no worker (none started yet, or all of them died) would leave the batches
+waiting forever: a stage first waits up to `run.dask_worker_wait_s` for a worker, and while it runs, a cluster
+left without any worker for that long stops the run with a CotaforgeError naming the scheduler (exit 2).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
@@ -49,9 +54,11 @@ def task_runner(stage: str, config: RunConfig) -> TaskRunner:
     if config.run.executor == "threads" or sends_teacher_requests(stage, config):
         return ThreadPoolTaskRunner(max_workers=config.run.workers)
     address = config.run.dask_address or _local_address.get()
+    wait_s = config.run.dask_worker_wait_s
     if address:
-        return WorkerTaskRunner(address=address)
-    return WorkerTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=_local_cluster_kwargs(config))
+        return WorkerTaskRunner(address=address, worker_wait_s=wait_s)
+    return WorkerTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=_local_cluster_kwargs(config),
+                            worker_wait_s=wait_s)
 
 
 def runs_elsewhere(runner: TaskRunner) -> bool:
@@ -130,7 +137,17 @@ def _api_url_for_workers():
 
 class WorkerTaskRunner(DaskTaskRunner):
     """`DaskTaskRunner` that connects as the flow starts (an unreachable scheduler fails at once, by address),
-    quiets Dask's INFO logs and hands the flow's Prefect API address on to the workers."""
+    waits up to `worker_wait_s` for a worker (then fails, by address), quiets Dask's INFO logs and hands the
+    flow's Prefect API address on to the workers."""
+
+    def __init__(self, *args, worker_wait_s: float = 60.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.worker_wait_s = worker_wait_s
+
+    def duplicate(self) -> "WorkerTaskRunner":
+        twin = super().duplicate()
+        twin.worker_wait_s = self.worker_wait_s
+        return twin
 
     def __enter__(self) -> "WorkerTaskRunner":
         _quiet_dask()
@@ -142,6 +159,11 @@ class WorkerTaskRunner(DaskTaskRunner):
         except (OSError, TimeoutError) as exc:
             self.__exit__(type(exc), exc, exc.__traceback__)
             raise CotaforgeError(_unreachable(self.address, exc)) from None
+        try:
+            self.client.wait_for_workers(1, timeout=self.worker_wait_s)
+        except (OSError, TimeoutError) as exc:
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise CotaforgeError(_no_workers(runner_address(self), self.worker_wait_s)) from None
         return self
 
     def __exit__(self, *args) -> None:
@@ -149,18 +171,71 @@ class WorkerTaskRunner(DaskTaskRunner):
             super().__exit__(*args)
 
 
-def batch_result(future, stage: str, batch: int, runner: TaskRunner):
-    """One batch task's result. The engine losing it (the scheduler gone, or every worker that ran it killed)
-    stops the run with a CotaforgeError that names the scheduler; the task's own error is raised as it is."""
+class WorkerWatch:
+    """What a stage's flow knows of the workers under its task runner: how many there are (to size its tasks)
+    and, while it waits on them, whether any is left."""
+
+    def __init__(self, runner: TaskRunner, workers: int, wait_s: float) -> None:
+        self.runner, self._workers, self.wait_s = runner, workers, wait_s
+        self._none_since: float | None = None
+        # How often the flow looks at the cluster while no task finishes.
+        self.poll_s = None if not runs_elsewhere(runner) else min(5.0, max(wait_s / 4, 0.1))
+
+    @classmethod
+    def for_runner(cls, runner: TaskRunner) -> "WorkerWatch":
+        if isinstance(runner, ThreadPoolTaskRunner):
+            return cls(runner, runner._max_workers, 0.0)
+        return cls(runner, 0, getattr(runner, "worker_wait_s", 60.0))
+
+    def workers(self) -> int:
+        """Worker threads the runner has now (the pool's size; a Dask cluster's threads over all workers)."""
+        if not runs_elsewhere(self.runner):
+            return self._workers
+        return sum(self._nthreads().values())
+
+    def check(self, stage: str) -> None:
+        """A CotaforgeError naming the scheduler when the cluster has had no worker for `wait_s` seconds."""
+        if not runs_elsewhere(self.runner):
+            return
+        if self._nthreads():
+            self._none_since = None
+            return
+        now = time.monotonic()
+        self._none_since = self._none_since or now
+        if now - self._none_since >= self.wait_s:
+            raise CotaforgeError(f"{stage}: " + _no_workers(runner_address(self.runner), self.wait_s, alive=False))
+
+    def _nthreads(self) -> dict:
+        try:
+            return self.runner.client.nthreads()
+        except (Exception, asyncio.CancelledError) as exc:
+            raise CotaforgeError(
+                f"lost the Dask scheduler at {runner_address(self.runner)}: {type(exc).__name__}: {exc}. The "
+                "batches already finished are kept: re-run the same command once the cluster is back") from None
+
+
+def batch_result(future, stage: str, batches: range, watch: WorkerWatch):
+    """One batch task's result (the reports of its batches). The engine losing it (the scheduler gone, every
+    worker that ran it killed, no worker left to run it for `watch.wait_s`) stops the run with a CotaforgeError
+    that names the scheduler; the task's own error is raised as it is."""
+    runner = watch.runner
+    which = f"batch {batches[0]}" if len(batches) == 1 else f"batches {batches[0]}-{batches[-1]}"
     wrapped = getattr(future, "wrapped_future", None)
     if isinstance(wrapped, distributed.Future):
         try:
+            while not wrapped.done():  # a task whose worker died waits for another one: is there any?
+                try:
+                    distributed.wait([wrapped], timeout=watch.poll_s)
+                except TimeoutError:
+                    watch.check(stage)
             wrapped.result()  # the task's final state; a failure inside the task comes out of future.result()
         except KilledWorker as exc:
             raise CotaforgeError(
-                f"{stage} batch {batch}: every Dask worker that ran it died ({exc.allowed_failures + 1} of them; "
+                f"{stage} {which}: every Dask worker that ran them died ({exc.allowed_failures + 1} of them; "
                 "out of memory? see the workers' logs). The batches already finished are kept: re-run the same "
                 "command to go on") from None
+        except CotaforgeError:
+            raise
         except (Exception, asyncio.CancelledError) as exc:
             client = getattr(runner, "_client", None)
             # A closed connection is the scheduler going away, even before the client has noticed it.
@@ -168,21 +243,35 @@ def batch_result(future, stage: str, batch: int, runner: TaskRunner):
                     or client is None or client.status != "running")
             what = "lost the Dask scheduler at" if lost else "the Dask cluster failed the task at"
             raise CotaforgeError(
-                f"{what} {runner_address(runner)} during {stage} (batch {batch}): {type(exc).__name__}: {exc}. "
+                f"{what} {runner_address(runner)} during {stage} ({which}): {type(exc).__name__}: {exc}. "
                 "The batches already finished are kept: re-run the same command once the cluster is back") from None
     return future.result()
 
 
 def check_scheduler(config: RunConfig) -> None:
-    """Before a run starts: a CotaforgeError naming `run.dask_address` when no scheduler answers there."""
+    """Before a run starts: a CotaforgeError naming `run.dask_address` when no scheduler answers there, or when
+    it has no worker within `run.dask_worker_wait_s`."""
     if config.run.executor != "dask" or not config.run.dask_address:
         return
     try:
         with dask.config.set({"distributed.comm.timeouts.connect": CONNECT_TIMEOUT_S}), \
-                distributed.Client(config.run.dask_address, timeout=CONNECT_TIMEOUT_S, set_as_default=False):
-            pass
+                distributed.Client(config.run.dask_address, timeout=CONNECT_TIMEOUT_S, set_as_default=False) as client:
+            try:
+                client.wait_for_workers(1, timeout=config.run.dask_worker_wait_s)
+            except TimeoutError:
+                raise CotaforgeError(_no_workers(config.run.dask_address, config.run.dask_worker_wait_s)) from None
     except (OSError, TimeoutError) as exc:
         raise CotaforgeError(_unreachable(config.run.dask_address, exc)) from None
+
+
+def _no_workers(address: str, wait_s: float, alive: bool = True) -> str:
+    if alive:
+        had = f"has no worker after {wait_s:g} s"
+    else:
+        had = f"has been without any worker for {wait_s:g} s (all of them died or left)"
+    return (f"the Dask scheduler at {address} {had}. Start workers for it (`dask worker {address}` on each "
+            "machine) and re-run the same command; the batches already finished are kept. "
+            "run.dask_worker_wait_s sets how long to wait")
 
 
 def _unreachable(address: str, exc: BaseException) -> str:

@@ -81,7 +81,8 @@ def dask_cluster(home: Path, workers: int = 2):
         named = {f"w{i}": start(f"w{i}", "worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
                                 "--host", "127.0.0.1", "--name", f"w{i}") for i in range(workers)}
         with distributed.Client(address, timeout=60) as client:
-            client.wait_for_workers(workers, timeout=120)
+            if workers:
+                client.wait_for_workers(workers, timeout=120)
         yield Cluster(address, scheduler, named)
     finally:
         for process in reversed(processes):
@@ -137,8 +138,9 @@ def cluster(tmp_path_factory):
 
 
 def _start_run(out: Path, manifest: Path, cluster: Cluster, home: Path) -> subprocess.Popen:
+    # Tasks of two batches each: a worker killed in one leaves a part written and a part to redo.
     return subprocess.Popen(_cli("run", "--manifest", manifest, "--out", out, *RUN_FLAGS, "--dask-address",
-                                 cluster.address),
+                                 cluster.address, "--set", "run.batches_per_task=2"),
                             cwd=home, env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -233,6 +235,52 @@ def test_unreachable_scheduler_exits_2_naming_it(tmp_path, drums_manifest):
     assert result.returncode == 2, result.stderr[-3000:]
     assert f"cannot reach the Dask scheduler at {address}" in " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_scheduler_without_workers_exits_2_after_the_wait(tmp_path, drums_manifest):
+    with dask_cluster(tmp_path, workers=0) as empty:
+        started = time.monotonic()
+        result = run_cli("run", "--manifest", drums_manifest, "--out", tmp_path / "out", *RUN_FLAGS,
+                         "--dask-address", empty.address, "--set", "run.dask_worker_wait_s=3", home=tmp_path)
+        took_s = time.monotonic() - started
+    assert result.returncode == 2, result.stderr[-3000:]
+    message = " ".join(result.stderr.split())  # wrapped at 80 columns
+    assert f"the Dask scheduler at {empty.address} has no worker after 3 s" in message
+    assert f"dask worker {empty.address}" in message
+    assert "Traceback" not in result.stderr
+    assert took_s < 120  # the wait, not forever (the rest is the command's start)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_every_worker_gone_mid_run_exits_2_and_the_rerun_finishes(tmp_path, drums_manifest, threads_run):
+    out = tmp_path / "out"
+    with dask_cluster(tmp_path, workers=1) as single:
+        run = subprocess.Popen(_cli("run", "--manifest", drums_manifest, "--out", out, *RUN_FLAGS, "--dask-address",
+                                    single.address, "--set", "run.dask_worker_wait_s=5"),
+                               cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+        try:
+            with distributed.Client(single.address, timeout=30) as client:
+                _wait_for_part(run, out, "caption")
+                _busy_worker(client)
+            os.kill(single.workers["w0"].pid, signal.SIGKILL)
+            stdout, stderr = run.communicate(timeout=300)
+        finally:
+            _stop(run)
+    assert run.returncode == 2, stderr[-3000:]
+    message = " ".join(stderr.split())
+    assert f"the Dask scheduler at {single.address} has been without any worker for 5 s" in message
+    assert f"dask worker {single.address}" in message
+    done_before = {p: p.stat().st_mtime_ns for p in (out / "runs" / "drums").glob("*/part-*.parquet")}
+    assert done_before
+
+    rerun = run_cli("run", "--manifest", drums_manifest, "--out", out, *RUN_FLAGS, home=tmp_path)  # on threads
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert dataset_digest(out) == threads_run
+    assert {p: p.stat().st_mtime_ns for p in done_before} == done_before  # nothing finished was redone
 
 
 def _sleepy_batch(run, cfg, batch: int):

@@ -35,3 +35,35 @@ def test_stage_flow_alone(tmp_path, prefect_harness, digits_manifest):
     cfg = make_config(tmp_path / "out", [digits_manifest], "run.workers=1").to_dict()
     report = with_workers(ingest_flow, cfg)(cfg)
     assert report.rows_out == 48 and report.parts_done == 3
+
+
+def test_batch_runs_are_consecutive_and_cover_every_batch_once():
+    from flows.common import TASKS_PER_WORKER, batch_runs
+
+    for count, workers in ((469, 2), (17, 2), (4, 2), (1, 8), (1000, 3)):
+        runs = batch_runs(count, workers)
+        assert [b for r in runs for b in r] == list(range(count))
+        assert len(runs) <= workers * TASKS_PER_WORKER
+        assert len({len(r) for r in runs[:-1]}) <= 1  # equal runs, the last one may be shorter
+    assert batch_runs(4, 2) == [range(0, 1), range(1, 2), range(2, 3), range(3, 4)]  # small runs: a task a batch
+    assert len(batch_runs(469, 2)) == 16
+    assert batch_runs(5, 2, per_task=2) == [range(0, 2), range(2, 4), range(4, 5)]
+    assert batch_runs(0, 2) == []
+
+
+def test_tasks_of_several_batches_publish_the_same_shards(tmp_path, prefect_harness, digits_manifest):
+    import hashlib
+
+    from flows.pipeline import pipeline_flow
+
+    def shards(cfg) -> dict[str, str]:
+        data = dataset_dir(cfg) / "data"
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(data.glob("*.parquet"))}
+
+    one = make_config(tmp_path / "one", [digits_manifest], "run.batch_size=4", "run.batches_per_task=1")
+    three = make_config(tmp_path / "three", [digits_manifest], "run.batch_size=4", "run.batches_per_task=3")
+    reports = {name: pipeline_flow(cfg.to_dict()) for name, cfg in (("one", one), ("three", three))}
+    assert reports["one"][0].parts_done == 12  # 48 clips in 12 batches: several tasks of 3 batches
+    assert [(r.stage, r.rows_out, r.parts_done) for r in reports["one"]] == \
+           [(r.stage, r.rows_out, r.parts_done) for r in reports["three"]]
+    assert shards(one) and shards(one) == shards(three)

@@ -23,6 +23,7 @@ import scipy.fft
 import soxr
 from scipy.ndimage import maximum_filter1d, uniform_filter1d
 
+from cotaforge.location import is_remote, open_input
 from cotaforge.models import SAMPLE_RATE_HZ, AcousticFacts
 
 N_FFT = 1024
@@ -67,9 +68,13 @@ def decode_audio(path: Path, start_s: float | None = None, end_s: float | None =
     `start_s`/`end_s` select a window: the decoder seeks to it and reads only its frames, so a 10 s window
     of a 10-minute file costs about what a 10 s file does (an MP3 window starts decoding MP3_PREROLL_S early).
     `data` decodes these bytes instead of the file at `path` (which then only names it in messages).
+    A URL `path` (see `cotaforge.location`) is fetched whole in one read and checked like a local file.
     Raises AudioDecodeError with reason file_missing, file_empty, decode_failed, file_truncated or
     segment_out_of_range.
     """
+    whole_file = None  # a remote file's bytes: decoded from memory, and checked for truncation like a file
+    if data is None and is_remote(path):
+        data = whole_file = _fetch(path)
     if data is None:
         if not path.is_file():
             raise AudioDecodeError("file_missing", f"{path} does not exist; fix the manifest's path or add the file")
@@ -96,7 +101,10 @@ def decode_audio(path: Path, start_s: float | None = None, end_s: float | None =
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise AudioDecodeError("decode_failed", f"{path} could not be decoded as audio ({exc}); "
                                                 "check it is a WAV, FLAC, OGG or MP3 file") from exc
-    declared_bytes, available_bytes = _wav_data_sizes(path) if data is None else (0, 0)
+    if whole_file is not None:
+        declared_bytes, available_bytes = _wav_data_sizes_in(io.BytesIO(whole_file), len(whole_file))
+    else:
+        declared_bytes, available_bytes = _wav_data_sizes(path) if data is None else (0, 0)
     expected_frames = count if count >= 0 else declared_frames
     if declared_bytes > available_bytes or (expected_frames > 0 and len(samples) < expected_frames):
         raise AudioDecodeError("file_truncated", f"{path} is truncated: its header declares more audio than the "
@@ -141,27 +149,40 @@ def _downmix(data: np.ndarray, full_scale: float) -> np.ndarray:
     return mono
 
 
+def _fetch(path: Path) -> bytes:
+    """A remote audio file's bytes; AudioDecodeError file_missing when there is no such object."""
+    try:
+        with open_input(path) as handle:
+            return handle.read()
+    except (FileNotFoundError, IsADirectoryError):
+        raise AudioDecodeError("file_missing", f"{path} does not exist; fix the manifest's path or add the file") from None
+
+
 def _wav_data_sizes(path: Path) -> tuple[int, int]:
     """(bytes the RIFF 'data' chunk declares, bytes actually there); (0, 0) for other formats.
 
     libsndfile quietly shortens a cut-off WAV to what is left, so the header is checked here.
     """
     with path.open("rb") as handle:
-        header = handle.read(12)
-        if len(header) < 12 or header[:4] not in (b"RIFF", b"RF64") or header[8:12] != b"WAVE":
+        return _wav_data_sizes_in(handle, path.stat().st_size)
+
+
+def _wav_data_sizes_in(handle, size: int) -> tuple[int, int]:
+    """`_wav_data_sizes` of an open binary file of `size` bytes."""
+    header = handle.read(12)
+    if len(header) < 12 or header[:4] not in (b"RIFF", b"RF64") or header[8:12] != b"WAVE":
+        return 0, 0
+    while True:
+        chunk = handle.read(8)
+        if len(chunk) < 8:
             return 0, 0
-        size = path.stat().st_size
-        while True:
-            chunk = handle.read(8)
-            if len(chunk) < 8:
+        chunk_id, chunk_size = chunk[:4], int.from_bytes(chunk[4:], "little")
+        if chunk_id == b"data":
+            # Streaming writers leave 0 or 0xFFFFFFFF when the length was unknown: nothing to check.
+            if chunk_size in (0, 0xFFFFFFFF) or header[:4] == b"RF64":
                 return 0, 0
-            chunk_id, chunk_size = chunk[:4], int.from_bytes(chunk[4:], "little")
-            if chunk_id == b"data":
-                # Streaming writers leave 0 or 0xFFFFFFFF when the length was unknown: nothing to check.
-                if chunk_size in (0, 0xFFFFFFFF) or header[:4] == b"RF64":
-                    return 0, 0
-                return chunk_size, size - handle.tell()
-            handle.seek(chunk_size + (chunk_size & 1), 1)
+            return chunk_size, size - handle.tell()
+        handle.seek(chunk_size + (chunk_size & 1), 1)
 
 
 def to_pcm16(samples: np.ndarray) -> np.ndarray:

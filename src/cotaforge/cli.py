@@ -20,6 +20,7 @@ from rich.table import Table
 from cotaforge.config import RunConfig, load_config
 from cotaforge.console import console, fail
 from cotaforge.errors import CotaforgeError
+from cotaforge.location import check_reachable, url_protocol
 from cotaforge.models import StageReport
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -28,8 +29,11 @@ schemas_app = typer.Typer(no_args_is_help=True, help="JSON Schemas of cotaforge'
 app.add_typer(schemas_app, name="schemas")
 
 ConfigArg = Annotated[Optional[Path], typer.Argument(help="run config YAML; optional when --manifest is given")]
-ManifestOpt = Annotated[Optional[list[Path]], typer.Option("--manifest", "-m", help="CSV/JSONL/Parquet manifest or label folder; repeatable")]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="output root (runs/ and datasets/ go here)")]
+# Paths that may be URLs (s3://bucket/key, gs://...) are taken as text: a Path would fold the '//'.
+ManifestOpt = Annotated[Optional[list[str]], typer.Option(
+    "--manifest", "-m", help="CSV/JSONL/Parquet manifest or label folder, a path or URL (s3://...); repeatable")]
+OutOpt = Annotated[Optional[str], typer.Option(
+    "--out", "-o", help="output root (runs/ and datasets/ go here): a folder or a URL such as s3://bucket/prefix")]
 NameOpt = Annotated[Optional[str], typer.Option("--name", help="run name (default: the manifests' folder names)")]
 GroupOpt = Annotated[Optional[str], typer.Option("--group-by", "--group-column",
                                                   help="manifest column that groups rows for splitting")]
@@ -43,7 +47,7 @@ LabelColumnOpt = Annotated[Optional[str], typer.Option("--label-column", help="c
 LabelSepOpt = Annotated[Optional[str], typer.Option("--label-sep", help="separator of several labels in a cell (default ;)")]
 LabelNamesOpt = Annotated[Optional[Path], typer.Option("--label-names", help="CSV table from label id to display name")]
 IdColumnOpt = Annotated[Optional[str], typer.Option("--id-column", help="column with the clip's own id (default id)")]
-AudioRootOpt = Annotated[Optional[Path], typer.Option("--audio-root", help="folder relative audio paths start from")]
+AudioRootOpt = Annotated[Optional[str], typer.Option("--audio-root", help="folder (or URL) relative audio paths start from")]
 HfDatasetOpt = Annotated[Optional[list[str]], typer.Option(
     "--hf-dataset", help="Hugging Face dataset: a save_to_disk or Parquet folder, or a Hub name; repeatable")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override any config key: section.key=value")]
@@ -82,7 +86,7 @@ def _prepare_prefect(verbose: bool) -> None:
     start_prefect_server(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
 
 
-def _build_config(config: Path | None, manifest: list[Path] | None, out: Path | None, name: str | None,
+def _build_config(config: Path | None, manifest: list[str] | None, out: str | None, name: str | None,
                   group_by: str | None, overrides: list[str] | None, seed: int | None = None,
                   batch_size: int | None = None, workers: int | None = None, version: str | None = None,
                   push_to_hub: str | None = None, teacher: str | None = None, base_url: list[str] | None = None,
@@ -92,9 +96,9 @@ def _build_config(config: Path | None, manifest: list[Path] | None, out: Path | 
     """The run config from a file and flags; `mapping` holds the column-mapping flags (inputs.<key>)."""
     if config is None and not manifest and not hf_dataset:
         raise CotaforgeError("give a config file, a --manifest or an --hf-dataset (see `cotaforge run --help`)")
-    inputs: list[object] = [m.resolve() for m in manifest or []]
+    inputs: list[object] = [_absolute(m) for m in manifest or []]
     inputs += [{"hf_dataset": str(Path(h).resolve()) if Path(h).exists() else h} for h in hf_dataset or []]
-    mapping = {k: (v.resolve() if isinstance(v, Path) else v) for k, v in (mapping or {}).items()}
+    mapping = {k: (_absolute(v) if k in ("label_names", "audio_root") else v) for k, v in (mapping or {}).items()}
     cfg = load_config(config, overrides, inputs__manifests=inputs, **{f"inputs__{k}": v for k, v in mapping.items()},
                       run__out_dir=out, run__name=name, inputs__group_by=group_by, run__seed=seed,
                       run__batch_size=batch_size, run__workers=workers, publish__version=version,
@@ -104,6 +108,21 @@ def _build_config(config: Path | None, manifest: list[Path] | None, out: Path | 
     if not cfg.inputs.manifests:
         raise CotaforgeError("the config lists no inputs.manifests; add one or pass --manifest or --hf-dataset")
     return cfg
+
+
+def _check_locations(cfg: RunConfig) -> None:
+    """Stop before any work when a bucket of the output or of an input is missing or cannot be read with the
+    credentials at hand (CotaforgeError naming the URL); local paths are checked where they are read."""
+    check_reachable(cfg.run.out_dir)
+    for entry in cfg.inputs.entries():
+        for path in (entry.path, entry.audio_root):
+            if path is not None:
+                check_reachable(path)
+
+
+def _absolute(path: str | Path) -> str | Path:
+    """A local path made absolute; a URL as given."""
+    return path if url_protocol(str(path)) else Path(path).resolve()
 
 
 class _Bars:
@@ -136,10 +155,11 @@ class _Bars:
 
 def _run_with_progress(function, *args):
     from cotaforge import progress as progress_hook
+    from cotaforge.prefect_server import flow_settings
 
     columns = [TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[rate]}")]
-    with Progress(*columns, console=console, transient=False) as bars:
+    with Progress(*columns, console=console, transient=False) as bars, flow_settings():
         progress_hook.set_listener(_Bars(bars))
         try:
             return function(*args)
@@ -216,6 +236,7 @@ def run(config: ConfigArg = None, manifest: ManifestOpt = None, out: OutOpt = No
     try:
         cfg = _build_config(config, manifest, out, name, group_by, set_, seed, batch_size, workers, version, push_to_hub,
                             teacher, base_url, model, hf_dataset, _mapping_flags(locals()), executor, dask_address)
+        _check_locations(cfg)
         _prepare_prefect(verbose)
         from cotaforge.stages.publish import dataset_dir
         from flows.executors import check_scheduler
@@ -243,6 +264,7 @@ def _stage_command(stage: str, flow_module: str, flow_name: str, doc: str):
             cfg = _build_config(config, manifest, out, name, group_by, set_, seed, batch_size, workers, version,
                                 push_to_hub, teacher, base_url, model, hf_dataset, _mapping_flags(locals()), executor,
                                 dask_address)
+            _check_locations(cfg)
             _prepare_prefect(verbose)
             import importlib
 

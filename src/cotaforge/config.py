@@ -17,6 +17,7 @@ from pydantic import (AliasChoices, BaseModel, ConfigDict, Discriminator, Field,
                       model_validator)
 
 from cotaforge.errors import ConfigError
+from cotaforge.location import LocationPath, is_remote, url_protocol
 from cotaforge.models import QUESTION_TYPES, QuestionType
 from cotaforge.scenes import MIN_GAP_S, MIN_LEVEL_DIFF_DB
 
@@ -30,7 +31,8 @@ class _Section(BaseModel):
 
 class RunSection(_Section):
     name: str | None = Field(default=None, description="run name; default: the manifests' folder names")
-    out_dir: Path = Field(default=Path("output"), description="root for runs/ and datasets/")
+    out_dir: LocationPath = Field(default=Path("output"), description="root for runs/ and datasets/: a folder "
+                                                                        "or a URL such as s3://bucket/prefix")
     seed: int = Field(default=0, ge=0)
     batch_size: int = Field(default=256, ge=1, le=100_000, description="clips per batch (one part file per batch)")
     workers: int = Field(default=2, ge=1, le=256, description="batches processed at once by the flows")
@@ -39,6 +41,12 @@ class RunSection(_Section):
                                        "(a local cluster of run.workers processes, or the one at run.dask_address)")
     dask_address: str | None = Field(default=None, description="scheduler of an existing Dask cluster, "
                                                                "e.g. tcp://10.0.0.5:8786 (run.executor=dask)")
+    batches_per_task: int | None = Field(
+        default=None, ge=1, le=100_000, description="batches one task of a stage carries (each still writes its own "
+                                                    "part); default: about 8 tasks per worker and stage")
+    dask_worker_wait_s: float = Field(
+        default=60.0, gt=0, le=86_400, description="how long a stage waits for a Dask worker when the cluster has "
+                                                   "none (not started yet, or all died) before stopping the run")
 
     @field_validator("dask_address")
     @classmethod
@@ -73,11 +81,11 @@ class ColumnMapping(_Section):
     label_column: str | None = Field(default=None, description="column with the label(s) (default 'label')")
     label_sep: str | None = Field(default=None, min_length=1, max_length=3,
                                   description="separator of several labels in one cell (default ';')")
-    label_names: Path | None = Field(default=None, description="CSV table from label id to display name")
+    label_names: LocationPath | None = Field(default=None, description="CSV table from label id to display name")
     group_by: str | None = Field(default=None, validation_alias=AliasChoices("group_by", "group_column"),
                                  description="column that groups rows for splitting (alias group_column)")
     id_column: str | None = Field(default=None, description="column with the clip's own id (default 'id')")
-    audio_root: Path | None = Field(default=None, description="folder relative audio paths start from "
+    audio_root: LocationPath | None = Field(default=None, description="folder relative audio paths start from "
                                                               "(default: the manifest's folder, or the preset's)")
 
     @field_validator("preset")
@@ -93,7 +101,8 @@ class ColumnMapping(_Section):
 class ManifestEntry(ColumnMapping):
     """One input with its own column mapping: a manifest file or folder, or a Hugging Face dataset."""
 
-    path: Path | None = Field(default=None, description="CSV / TSV / JSONL / Parquet file or folder")
+    path: LocationPath | None = Field(default=None, description="CSV / TSV / JSONL / Parquet file or folder "
+                                                                 "(a path or a URL)")
     hf_dataset: str | None = Field(default=None, description="save_to_disk or Parquet folder, or a Hub dataset name")
     hf_split: str | None = Field(default=None, description="split of a Hugging Face dataset (default: every split)")
 
@@ -113,7 +122,7 @@ def _manifest_kind(value: Any) -> str:
 
 
 # A plain path, or a mapping with its own keys; told apart up front so an error names only the one meant.
-ManifestItem = Annotated[Union[Annotated[Path, Tag("path")], Annotated[ManifestEntry, Tag("entry")]],
+ManifestItem = Annotated[Union[Annotated[LocationPath, Tag("path")], Annotated[ManifestEntry, Tag("entry")]],
                          Discriminator(_manifest_kind)]
 
 
@@ -129,7 +138,7 @@ class InputSection(ColumnMapping):
         shared = {k: v for k, v in self.model_dump(exclude={"manifests"}).items() if v is not None}
         entries = []
         for item in self.manifests:
-            own = ({"path": item} if isinstance(item, Path)
+            own = ({"path": item} if not isinstance(item, ManifestEntry)
                    else {k: v for k, v in item.model_dump().items() if v is not None})
             entries.append(ManifestEntry.model_validate({**shared, **own}))
         return entries
@@ -244,7 +253,8 @@ class TeacherSection(_Section):
     backoff_s: float = Field(default=1.0, ge=0, le=600, description="first retry delay; doubles per retry, with jitter")
     backoff_max_s: float = Field(default=60.0, ge=0, le=3600)
     cache: bool = Field(default=True, description="replay answered requests from the response cache")
-    cache_dir: Path | None = Field(default=None, description="default <run.out_dir>/cache/teacher, shared across runs")
+    cache_dir: Path | None = Field(default=None, description="default <run.out_dir>/cache/teacher, shared across runs "
+                                                           "(~/.cache/cotaforge/teacher when run.out_dir is a URL)")
     usd_per_million_prompt_tokens: float = Field(default=0.0, ge=0)
     usd_per_million_completion_tokens: float = Field(default=0.0, ge=0)
     question_prompt: str = Field(default="question_llm.v2", description="prompt of the llm prompt style's questions "
@@ -418,14 +428,18 @@ class RunConfig(_Section):
 
     @property
     def teacher_cache_dir(self) -> Path:
-        return self.teacher.cache_dir or self.run.out_dir / "cache" / "teacher"
+        if self.teacher.cache_dir:
+            return self.teacher.cache_dir
+        if is_remote(self.run.out_dir):  # the cache is an SQLite file: with --out in a bucket it stays local
+            return Path.home() / ".cache" / "cotaforge" / "teacher"
+        return self.run.out_dir / "cache" / "teacher"
 
     @property
     def run_name(self) -> str:
         if self.run.name:
             return self.run.name
         stems = [entry.preset or (entry.hf_dataset.rstrip("/").rsplit("/", 1)[-1] if entry.hf_dataset else
-                                  (entry.path if entry.path.is_dir() else entry.path.parent).name) or "dataset"
+                                  _manifest_folder(entry.path).name) or "dataset"
                  for entry in self.inputs.entries()]
         name = re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(dict.fromkeys(stems)) or "dataset").strip("-.")
         return name[:80] or "dataset"
@@ -441,6 +455,14 @@ class RunConfig(_Section):
         """Hash of the named sections: a stage's fingerprint includes only what changes its output."""
         data = self.to_dict()
         return stable_hash({name: data[name] for name in sections})
+
+
+def _manifest_folder(path: Path) -> Path:
+    """The folder a manifest names the run after: itself if a folder, else its parent. A URL is not asked
+    (a request per call): one with a file suffix is a file."""
+    if is_remote(path):
+        return path.parent if path.suffix else path
+    return path if path.is_dir() else path.parent
 
 
 def stable_hash(value: Any, length: int = 16) -> str:
@@ -494,7 +516,7 @@ def _relative_to(folder: Path, item: Any) -> Any:
         if item.get("hf_dataset") and (folder / item["hf_dataset"]).exists():
             local.append("hf_dataset")
         return {**item, **{k: str(_relative_to(folder, item[k])) for k in local}}
-    if isinstance(item, str) and not Path(item).is_absolute():
+    if isinstance(item, str) and url_protocol(item) is None and not Path(item).is_absolute():
         return (folder / item).resolve()
     return item
 

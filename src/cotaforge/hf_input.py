@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from cotaforge.config import ManifestEntry
 from cotaforge.errors import InputError
+from cotaforge.location import arrow_source, location, url_protocol
 from cotaforge.manifest import ManifestRead, ManifestRow, _auto_group_column, _cell_text, _label_names_path, \
     _name_labels, _split_labels, read_label_names
 
@@ -74,7 +75,8 @@ def _features(shard: _Shard, schema: pa.Schema) -> dict:
 
 def _schema(shard: _Shard) -> pa.Schema:
     if shard.is_parquet:
-        return pq.read_schema(shard.path)
+        where, filesystem = arrow_source(shard.path)
+        return pq.read_schema(where, filesystem=filesystem)
     with pa.memory_map(str(shard.path)) as source:
         return pa.ipc.open_stream(source).schema
 
@@ -82,7 +84,7 @@ def _schema(shard: _Shard) -> pa.Schema:
 def _batches(shard: _Shard, columns: list[str]):
     """The shard's rows, a batch at a time, with only `columns` ('audio.path' names a struct field)."""
     if shard.is_parquet:
-        yield from pq.ParquetFile(shard.path).iter_batches(batch_size=MANIFEST_BATCH_ROWS, columns=columns)
+        yield from _parquet_file(str(shard.path)).iter_batches(batch_size=MANIFEST_BATCH_ROWS, columns=columns)
         return
     with pa.memory_map(str(shard.path)) as source:  # mapped, so the audio bytes are never read here
         for batch in pa.ipc.open_stream(source):
@@ -147,13 +149,13 @@ def _fetch_from_hub(name: str) -> Path:
 def read_hf_dataset(entry: ManifestEntry, start_index: int = 0) -> ManifestRead:
     """Rows of a Hugging Face dataset, one per example, each pointing at its shard and row for ingest."""
     source = entry.hf_dataset or str(entry.path)
-    folder = Path(source)
+    given = folder = location(source)
     if not folder.exists():
         if "/" not in source or source.startswith((".", "/")):
             raise InputError(f"Hugging Face dataset {source} does not exist; pass a save_to_disk or Parquet folder, "
                              "or a Hub name such as 'org/name'")
         folder = _fetch_from_hub(source)
-    dataset = Path(source).name if Path(source).exists() else source.rstrip("/").rsplit("/", 1)[-1]
+    dataset = given.name if given.exists() else source.rstrip("/").rsplit("/", 1)[-1]
     shards = [s for s in _shards(folder) if entry.hf_split in (None, s.split)]
     if not shards:
         raise InputError(f"Hugging Face dataset {source} has no data files"
@@ -225,9 +227,15 @@ def _arrow_table(path: str) -> pa.Table:
     return pa.ipc.open_stream(pa.memory_map(path)).read_all()
 
 
+def _parquet_file(path: str) -> pq.ParquetFile:
+    """A Parquet shard by its path or URL (read through fsspec)."""
+    where, filesystem = arrow_source(location(path))
+    return pq.ParquetFile(where, filesystem=filesystem)
+
+
 @lru_cache(maxsize=8)
 def _row_group_starts(path: str) -> tuple[int, ...]:
-    metadata = pq.ParquetFile(path).metadata
+    metadata = _parquet_file(path).metadata
     starts, total = [], 0
     for i in range(metadata.num_row_groups):
         starts.append(total)
@@ -237,7 +245,7 @@ def _row_group_starts(path: str) -> tuple[int, ...]:
 
 @lru_cache(maxsize=2)  # a batch reads its rows in order, so the row group in hand is nearly always the next
 def _row_group(path: str, index: int, column: str) -> pa.Table:
-    return pq.ParquetFile(path).read_row_group(index, columns=[column])
+    return _parquet_file(path).read_row_group(index, columns=[column])
 
 
 def read_audio_cell(shard: Path, row: int, column: str) -> tuple[bytes | None, str]:
@@ -250,6 +258,6 @@ def read_audio_cell(shard: Path, row: int, column: str) -> tuple[bytes | None, s
         cell = _arrow_table(str(shard)).column(column)[row].as_py()
     cell = cell or {}
     inner = cell.get("path") or ""
-    if inner and not Path(inner).is_absolute():
+    if inner and not (url_protocol(inner) or Path(inner).is_absolute()):
         inner = str(shard.parent / inner)
     return cell.get("bytes"), inner or f"{shard}[{row}]"

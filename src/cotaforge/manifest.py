@@ -6,6 +6,9 @@ column groups by default), `id`, `start_s`/`end_s` (a window of a longer file) a
 (one row per timestamped event). Every other column is kept as metadata. Any other layout is mapped by column
 keys (--path-column, --label-column ...) or a corpus preset (`cotaforge.corpora`).
 
+A manifest may be a URL (`s3://bucket/clips/manifest.csv`, any fsspec protocol): it is read through fsspec,
+and its relative audio paths resolve against its URL's folder (`s3://bucket/clips/`), like a local one's.
+
 A manifest that cannot be read or mapped raises InputError before any audio is read, naming the file, the
 missing column, the columns that exist and the flag that fixes it. A row with a bad value is kept with an
 `error` so ingest rejects that row alone and the rest of the run goes on.
@@ -24,6 +27,7 @@ import pandas as pd
 from cotaforge.config import ColumnMapping, InputSection, ManifestEntry
 from cotaforge.corpora import Preset, corpus_metadata_files, match_preset
 from cotaforge.errors import InputError
+from cotaforge.location import check_reachable, is_remote, location, open_input, url_protocol
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3")
 RESERVED_COLUMNS = ("path", "label", "group", "id")
@@ -88,9 +92,17 @@ def _split_labels(value: object, sep: str = ";") -> list[str]:
     return [text for text in (_cell_text(item) for item in items) if text]
 
 
+def _read_frame(reader, path: Path, **kwargs) -> pd.DataFrame:
+    """`reader` (a pandas read function) applied to a local path, or to the opened file of a URL."""
+    if not is_remote(path):
+        return reader(path, **kwargs)
+    with open_input(path) as handle:
+        return reader(handle, **kwargs)
+
+
 def _read_commented_csv(path: Path) -> tuple[pd.DataFrame, int] | None:
     """A CSV whose header is its last leading '#' line (AudioSet's segment lists), or None if not one."""
-    with path.open(encoding="utf-8") as handle:
+    with open_input(path, "r", encoding="utf-8") as handle:
         comments = []
         for line in handle:
             if not line.startswith("#"):
@@ -99,14 +111,14 @@ def _read_commented_csv(path: Path) -> tuple[pd.DataFrame, int] | None:
     if not comments or "," not in comments[-1]:
         return None
     names = [name.strip() for name in comments[-1].lstrip("#").split(",")]
-    table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", skiprows=len(comments),
-                        names=names, header=None, skipinitialspace=True)
+    table = _read_frame(pd.read_csv, path, dtype=str, keep_default_na=False, encoding="utf-8",
+                        skiprows=len(comments), names=names, header=None, skipinitialspace=True)
     return table, len(comments) + 1
 
 
 def _tab_separated(path: Path) -> bool:
     """A '.csv' whose header has tabs and no commas (DCASE tools write such files)."""
-    with path.open(encoding="utf-8", errors="replace") as handle:
+    with open_input(path, "r", encoding="utf-8", errors="replace") as handle:
         header = handle.readline()
     return "\t" in header and "," not in header
 
@@ -116,13 +128,14 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, int]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv" and not _tab_separated(path):
-            return _read_commented_csv(path) or (pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8"), 2)
+            return _read_commented_csv(path) or (
+                _read_frame(pd.read_csv, path, dtype=str, keep_default_na=False, encoding="utf-8"), 2)
         if suffix in (".tsv", ".csv"):
-            return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8"), 2
+            return _read_frame(pd.read_csv, path, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8"), 2
         if suffix in (".jsonl", ".ndjson"):
-            return pd.read_json(path, lines=True, dtype=False), 1
+            return _read_frame(pd.read_json, path, lines=True, dtype=False), 1
         if suffix == ".parquet":
-            return pd.read_parquet(path), 1
+            return _read_frame(pd.read_parquet, path), 1
     except (ValueError, UnicodeDecodeError, OSError, pd.errors.ParserError) as exc:
         raise InputError(f"manifest {path} could not be read ({exc}); check it is valid {suffix[1:].upper()}") from exc
     raise InputError(f"manifest {path}: unknown format '{suffix}'; use .csv, .tsv, .jsonl, .parquet or a folder")
@@ -248,7 +261,8 @@ def read_label_names(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise InputError(f"label name table {path} does not exist; pass --label-names with a CSV of id,name")
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+        table = _read_frame(pd.read_csv, path, dtype=str, keep_default_na=False,
+                            sep="\t" if path.suffix.lower() == ".tsv" else ",")
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise InputError(f"label name table {path} could not be read ({exc}); give a CSV with a header") from exc
     name_column = next((c for c in ("display_name", "name", "label", "class_name") if c in table.columns),
@@ -279,7 +293,7 @@ def _name_labels(rows: list[ManifestRow], names: dict[str, str], table_path: Pat
 
 def _label_names_path(entry: ColumnMapping, preset: Preset | None, base: Path) -> Path | None:
     if entry.label_names:
-        return Path(entry.label_names)
+        return location(entry.label_names)
     if preset and preset.label_names:
         for folder in (base, base.parent):
             if (folder / preset.label_names).is_file():
@@ -307,7 +321,7 @@ def _candidate_roots(preset: Preset | None, base: Path) -> list[Path]:
 
 def _choose_root(candidates: list[Path], relative_paths: list[str]) -> tuple[Path, str | None]:
     """The candidate under which most of the first rows' files exist; a note when none has any."""
-    probe = [p for p in relative_paths if p and not Path(p).is_absolute()][:ROOT_PROBE_ROWS]
+    probe = [p for p in relative_paths if p and not (url_protocol(p) or Path(p).is_absolute())][:ROOT_PROBE_ROWS]
     if len(candidates) == 1 or not probe:
         return candidates[0], None
     found = [sum((root / p).is_file() for p in probe) for root in candidates]
@@ -340,7 +354,8 @@ def _window_tag(start_s: float | None, end_s: float | None) -> str:
 
 def _load(entry: ManifestEntry) -> tuple[pd.DataFrame, int, Path, str, str]:
     """(table, line of the first data row, folder relative paths start from, dataset name, where for messages)."""
-    path = Path(entry.path)
+    path = location(entry.path)
+    check_reachable(path)  # a missing bucket or credentials are named as such, not as a missing manifest
     if not path.exists():
         raise InputError(f"manifest {path} does not exist; pass --manifest with a CSV, TSV, JSONL, Parquet file or folder")
     if path.is_dir():
@@ -358,7 +373,7 @@ def read_entry(entry: ManifestEntry, start_index: int = 0, lenient_group: bool =
     manifest lacks is skipped rather than an error (several manifests share the flag)."""
     from cotaforge.hf_input import is_hf_folder, read_hf_dataset
 
-    folder = Path(entry.path) if entry.path else None
+    folder = location(entry.path) if entry.path else None
     audiofolder = folder is not None and any((folder / name).is_file() for name in AUDIOFOLDER_METADATA)
     if entry.hf_dataset or (folder and not audiofolder and is_hf_folder(folder)):
         return read_hf_dataset(entry, start_index)
@@ -394,7 +409,7 @@ def read_entry(entry: ManifestEntry, start_index: int = 0, lenient_group: bool =
 
     written_paths = [relative_path(r) for r in records]
     if entry.audio_root:
-        root = Path(entry.audio_root)
+        root = location(entry.audio_root)
     else:
         root, note = _choose_root(_candidate_roots(preset, base), written_paths)
         if note:
@@ -422,7 +437,7 @@ def _rows(records: list[dict], written_paths: list[str], mapping: _Mapping, root
         if not problem and start_s is not None and end_s is not None and end_s <= start_s:
             problem = f"the window ends ({end_s:g} s) before it starts ({start_s:g} s)"
         own_id = _cell_text(record.get(mapping.id_column)) if mapping.id_column else ""
-        resolved = Path(written) if Path(written).is_absolute() else root / written
+        resolved = location(written) if url_protocol(written) or Path(written).is_absolute() else root / written
         group = _cell_text(record.get(mapping.group_column)) if mapping.group_column else ""
         if not group and (start_s is not None or end_s is not None):
             group = written  # windows of one recording never cross splits
@@ -510,7 +525,7 @@ def read_inputs(inputs: InputSection) -> ManifestRead:
 
 def read_manifest(path: Path, group_by: str | None = None, start_index: int = 0, **mapping: object) -> list[ManifestRow]:
     """Rows of one manifest file or folder, numbered from `start_index`; `mapping` takes ColumnMapping keys."""
-    return read_entry(ManifestEntry(path=Path(path), group_by=group_by, **mapping), start_index).rows
+    return read_entry(ManifestEntry(path=location(path), group_by=group_by, **mapping), start_index).rows
 
 
 def read_manifests(paths: list[Path], group_by: str | None = None) -> list[ManifestRow]:

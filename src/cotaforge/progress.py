@@ -2,7 +2,7 @@
 
 The library stays free of any UI: with no listener set, these calls do nothing. That is also the case in a Dask
 worker process, where the listener of the command's process is out of reach: there the flow advances a stage's
-bar by each batch's rows as the batch's task completes (flows/common.py `collect`).
+bar by the rows of a task's batches as the task completes (flows/common.py `collect`).
 """
 
 from __future__ import annotations

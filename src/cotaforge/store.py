@@ -14,6 +14,11 @@ The rejects file is written before the part: a part on disk means its batch is c
 Temporary files carry their writer's host and pid in their name (`.part-00003.parquet.<host>-<pid>-<id>.tmp`),
 so the next start of a run removes what a killed writer left behind without touching what a live one is
 writing. A part that cannot be read (a truncated file) counts as missing: its batch is redone.
+
+The run directory may be a URL of an object store (`--out s3://bucket/prefix`, see `cotaforge.location`).
+There a finished file is written to a local temporary file and uploaded to its final key in one PUT, so an
+object exists only once complete and no temporaries are left in the bucket; reads go through fsspec. Resume
+is the same: fingerprints come from the objects' Parquet footers.
 """
 
 from __future__ import annotations
@@ -25,13 +30,16 @@ import re
 import socket
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cotaforge.config import RunConfig, stable_hash
 from cotaforge.errors import CotaforgeError
+from cotaforge.location import arrow_source, is_remote, location, storage_errors, upload_when_done
 from cotaforge.models import Rejection, StageReport, TeacherUsage
 
 log = logging.getLogger(__name__)
@@ -144,8 +152,11 @@ def is_stale_temporary(path: Path) -> bool:
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete the temporary files under `folder` that no live process is writing; returns what went."""
+    """Delete the temporary files under `folder` that no live process is writing; returns what went.
+    An object store holds none (files are uploaded whole), so nothing is looked for there."""
     removed = []
+    if is_remote(folder):
+        return removed
     for path in sorted(Path(folder).rglob(".*.tmp")) if Path(folder).is_dir() else []:
         if path.is_file() and is_stale_temporary(path):
             path.unlink(missing_ok=True)
@@ -158,34 +169,63 @@ def temporary_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.{owner_tag()}.tmp")
 
 
-def write_table_atomic(table: pa.Table, path: Path, metadata: dict[bytes, bytes] | None = None,
-                       compression: str = "zstd") -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+@contextmanager
+def writing(path: Path) -> Iterator[Path]:
+    """A local file to write `path`'s content into; when the block ends without an error it becomes `path`
+    whole: renamed into place from beside it (a temporary named after its writer), or on an object store
+    uploaded to the key in one PUT. On an error nothing is left at `path` or beside it."""
+    if is_remote(path):
+        with upload_when_done(path, suffix=path.suffix) as local:
+            yield local
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    if metadata:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     tmp = temporary_beside(path)
     try:
-        pq.write_table(table, tmp, compression=compression, use_dictionary=dictionary_columns(table.schema))
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_table_atomic(table: pa.Table, path: Path, metadata: dict[bytes, bytes] | None = None,
+                       compression: str = "zstd") -> None:
+    """Write a Parquet file that readers only ever see whole (see `writing`)."""
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    with writing(path) as tmp:
+        pq.write_table(table, tmp, compression=compression, use_dictionary=dictionary_columns(table.schema))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_beside(path)
-    try:
+    with writing(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+
+def read_schema(path: Path) -> pa.Schema:
+    """A Parquet file's schema (its footer alone), local or remote."""
+    where, filesystem = arrow_source(path)
+    with storage_errors(path):
+        return pq.read_schema(where, filesystem=filesystem)
+
+
+def read_metadata(path: Path) -> pq.FileMetaData:
+    """A Parquet file's footer metadata (rows, row groups), local or remote."""
+    where, filesystem = arrow_source(path)
+    with storage_errors(path):
+        return pq.read_metadata(where, filesystem=filesystem)
+
+
+def read_table(path: Path, columns: list[str] | None = None, filters: list | None = None) -> pa.Table:
+    """A Parquet file (some columns, rows matching `filters`), local or remote."""
+    where, filesystem = arrow_source(path)
+    with storage_errors(path):
+        return pq.read_table(where, columns=columns, filters=filters, filesystem=filesystem)
 
 
 def read_footer(path: Path) -> tuple[dict[bytes, bytes] | None, str | None]:
     """(schema metadata, None) of a readable Parquet file, else (None, what is wrong with it)."""
     try:
-        return pq.read_schema(path).metadata or {}, None
+        return read_schema(path).metadata or {}, None
     except (pa.ArrowException, OSError) as exc:
         return None, f"unreadable ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})"
 
@@ -193,8 +233,8 @@ def read_footer(path: Path) -> tuple[dict[bytes, bytes] | None, str | None]:
 class RunDir:
     """Paths and part bookkeeping of one run. Cheap to build; holds no data."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+    def __init__(self, root: Path | str) -> None:
+        self.root = location(root)
 
     @classmethod
     def for_config(cls, cfg: RunConfig) -> "RunDir":
@@ -217,18 +257,18 @@ class RunDir:
     def batch_count(self) -> int:
         if not self.manifest_path.exists():
             raise FileNotFoundError(f"{self.manifest_path} is missing: run ingest first")
-        metadata = pq.read_schema(self.manifest_path).metadata or {}
+        metadata = read_schema(self.manifest_path).metadata or {}
         return int(metadata[b"cotaforge.batches"])
 
     def manifest_rows(self) -> int:
-        return pq.read_metadata(self.manifest_path).num_rows
+        return read_metadata(self.manifest_path).num_rows
 
     def part_rows(self, stage: str) -> int:
         """Rows in the current parts of a stage, from the Parquet footers alone (an unreadable part counts 0)."""
         total = 0
         for batch in range(self.batch_count()):
             try:
-                total += pq.read_metadata(self.part_path(stage, batch)).num_rows
+                total += read_metadata(self.part_path(stage, batch)).num_rows
             except (pa.ArrowException, OSError):
                 pass
         return total
@@ -288,7 +328,7 @@ class RunDir:
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: run the '{stage}' stage first")
         try:
-            return pq.read_table(path, columns=columns)
+            return read_table(path, columns=columns)
         except (pa.ArrowException, OSError) as exc:
             raise CotaforgeError(f"{path} is unreadable ({str(exc).splitlines()[0][:200]}): run the '{stage}' "
                                  f"stage again to redo batch {batch}") from exc
@@ -300,7 +340,8 @@ class RunDir:
     def rejects(self, stage: str | None = None) -> pa.Table:
         """All reject rows of the current parts (of one stage, or every stage)."""
         stages = [stage] if stage else STAGES
-        tables = [pq.read_table(p) for s in stages for p in sorted((self.root / "rejects" / s).glob("*.parquet"))]
+        tables = [read_table(p) for s in stages for p in sorted((self.root / "rejects" / s).glob("*.parquet"),
+                                                                 key=str)]
         return pa.concat_tables(tables) if tables else REJECTION_SCHEMA.empty_table()
 
 

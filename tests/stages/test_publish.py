@@ -1,6 +1,7 @@
 import hashlib
 import json
 from collections import Counter
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -138,3 +139,57 @@ def test_column_wise_messages_match_render_user_text():
     for row, (question, options, text) in zip(messages, zip(*(table[c].to_pylist() for c in table.column_names))):
         assert [m["role"] for m in row] == ["system", "user", "assistant"]
         assert row[1]["content"] == render_user_text(question, options) and row[2]["content"] == text
+
+
+def _shard_digests(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((folder / "data").glob("*.parquet"))}
+
+
+def test_shards_do_not_depend_on_how_batches_are_sliced(built, tmp_path, monkeypatch):
+    """Publish builds rows a slice at a time; the slices never show in the shards, and row groups are bounded
+    in rows whatever the batch size was."""
+    from cotaforge.stages import publish
+
+    cfg, run, _ = built
+    reference = _shard_digests(dataset_dir(cfg))
+    monkeypatch.setattr(publish, "SLICE_ROWS", 7)
+    publish._write_dataset(run, cfg, tmp_path / "sliced" / "v1", "fingerprint", 0.0)
+    assert _shard_digests(tmp_path / "sliced" / "v1") == reference
+
+    monkeypatch.setattr(publish, "ROW_GROUP_ROWS", 50)
+    publish._write_dataset(run, cfg, tmp_path / "small-groups" / "v1", "fingerprint", 0.0)
+    for name in reference:
+        metadata = pq.read_metadata(tmp_path / "small-groups" / "v1" / "data" / name)
+        groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+        assert all(rows == 50 for rows in groups[:-1]) and 0 < groups[-1] <= 50, (name, groups)
+        assert pq.read_table(tmp_path / "small-groups" / "v1" / "data" / name).equals(
+            pq.read_table(dataset_dir(cfg) / "data" / name))
+
+
+def test_row_groups_end_before_their_audio_bytes_limit(built, tmp_path, monkeypatch):
+    from cotaforge.stages import publish
+
+    cfg, run, _ = built
+    monkeypatch.setattr(publish, "ROW_GROUP_AUDIO_BYTES", 200_000)
+    publish._write_dataset(run, cfg, tmp_path / "v1", "fingerprint", 0.0)
+    for path in sorted((tmp_path / "v1" / "data").glob("*.parquet")):
+        shard = pq.ParquetFile(path)
+        for i in range(shard.metadata.num_row_groups):
+            sizes = [len(a["bytes"]) for a in shard.read_row_group(i, columns=["audio"])["audio"].to_pylist()]
+            assert sum(sizes) <= 200_000 or len(sizes) == 1, (path.name, i, len(sizes), sum(sizes))
+        assert shard.metadata.num_row_groups > 1
+
+
+def test_dataset_files_lists_a_complete_version_only(built, tmp_path):
+    from cotaforge.errors import CotaforgeError
+    from cotaforge.stages.publish import dataset_files
+
+    cfg, _, _ = built
+    folder = dataset_dir(cfg)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    files = dataset_files(str(folder))
+    assert {s: len(f) for s, f in files.items()} == Counter(s["split"] for s in manifest["shards"])
+    assert all(Path(f).is_file() for paths in files.values() for f in paths)
+    (tmp_path / "v1" / "data").mkdir(parents=True)
+    with pytest.raises(CotaforgeError, match="not a complete published version"):
+        dataset_files(tmp_path / "v1")

@@ -35,8 +35,9 @@ THINK = ("<THINK><PLANNING>Listen.</PLANNING><CAPTION>A man speaks.</CAPTION><RE
         ("<RESPONSE>(B) because the word is seven</RESPONSE>", "B", "leading_letter"),
         ("<RESPONSE>The answer is C because the speaker says one, not three.</RESPONSE>", "C", "answer_phrase"),
         ("<RESPONSE>I would pick C here, since he says one</RESPONSE>", "C", "sole_letter"),
-        # a letter wins over option text; the last answer phrase wins
-        ("<RESPONSE>The answer is A (seven)</RESPONSE>", "A", "answer_phrase"),
+        # a letter given with its own option's text; the last answer phrase wins
+        ("<RESPONSE>The answer is B (seven)</RESPONSE>", "B", "answer_phrase"),
+        ("<RESPONSE>It is seven, not three, so the answer is B</RESPONSE>", "B", "answer_phrase"),
         ("<RESPONSE>Not A. The answer is B.</RESPONSE>", "B", "answer_phrase"),
         ("<RESPONSE>The answer is C; option A is wrong</RESPONSE>", "C", "answer_phrase"),
         # the reasoning's letters are not read when there is a response
@@ -55,6 +56,12 @@ def test_multiple_choice_answers(output: str, letter: str, rule: str) -> None:
         ("<RESPONSE>Either B or C.</RESPONSE>", "ambiguous"),
         ("<RESPONSE>seven or three</RESPONSE>", "ambiguous"),  # two option texts
         ("<RESPONSE>The answer is E</RESPONSE>", "no_answer"),  # not an option letter
+        # a letter with another option's text contradicts itself, whichever rule reads the letter
+        ("<RESPONSE>The answer is A (seven)</RESPONSE>", "conflict"),
+        ('<RESPONSE>The sound is "seven", so the answer is C</RESPONSE>', "conflict"),
+        ("<RESPONSE>Seven, so D.</RESPONSE>", "conflict"),
+        ("<RESPONSE>C. The speaker says zero</RESPONSE>", "conflict"),
+        ("<RESPONSE>I would pick D here, since he says one</RESPONSE>", "conflict"),
         ("<RESPONSE></RESPONSE>", "no_answer"),
         ("<RESPONSE>I cannot tell.</RESPONSE>", "no_answer"),
         ("<THINK><PLANNING>Listen.</PLANNING><CAPTION>The answer is B", "no_answer"),  # truncated in THINK
@@ -64,6 +71,14 @@ def test_multiple_choice_answers(output: str, letter: str, rule: str) -> None:
 def test_multiple_choice_without_a_single_answer(output: str, rule: str) -> None:
     parsed = parse_answer(output, "multiple_choice", OPTIONS)
     assert (parsed.value, parsed.rule) == (None, rule)
+
+
+def test_overlapping_option_texts_name_the_longest_option() -> None:
+    options = ["dog", "hot dog", "cat"]
+    assert parse_answer("<RESPONSE>It is a hot dog.</RESPONSE>", "multiple_choice", options).value == "B"
+    assert parse_answer("<RESPONSE>A hot dog, so B</RESPONSE>", "multiple_choice", options).value == "B"
+    assert parse_answer("<RESPONSE>A hot dog, so A</RESPONSE>", "multiple_choice", options).rule == "conflict"
+    assert parse_answer("<RESPONSE>A dog, not a hot dog</RESPONSE>", "multiple_choice", options).rule == "ambiguous"
 
 
 def test_where_the_answer_is_read_from() -> None:
@@ -93,6 +108,7 @@ def test_correctness_by_question_type() -> None:
 
     assert scored("<RESPONSE>b</RESPONSE>", "multiple_choice", "B")
     assert not scored("<RESPONSE>A or B</RESPONSE>", "multiple_choice", "B")
+    assert not scored("<RESPONSE>It is three, so the answer is B</RESPONSE>", "multiple_choice", "B")
     assert scored("<RESPONSE>Yes.</RESPONSE>", "yes_no", "yes")
     assert scored("<RESPONSE>The digit is Seven!</RESPONSE>", "open_ended", "seven")
     assert not scored("<RESPONSE>seventeen</RESPONSE>", "open_ended", "seven")

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ from cotaforge.scenes import (MIN_DURATION_RATIO, MIN_GAP_S, MIN_LEVEL_DIFF_DB, 
                               events_to_json, level_above_rest_db)
 from cotaforge.stages.ingest import load_run_stats, read_clips
 from cotaforge.stages.publish import assign_splits
-from cotaforge.store import (CLIP_SCHEMA, RunDir, fingerprint, json_dumps, temporary_beside, write_rejects,
+from cotaforge.store import (CLIP_SCHEMA, RunDir, fingerprint, json_dumps, read_table, write_rejects, writing,
                              write_text_atomic)
 
 STAGE = "compose"
@@ -124,14 +123,12 @@ def build_sources(run: RunDir, cfg: RunConfig, stats: dict) -> tuple[pa.Table, l
     if path.exists() and sidecar.exists():
         stored = json.loads(sidecar.read_text(encoding="utf-8"))
         if stored["fingerprint"] == fp:
-            return pq.read_table(path, columns=columns), stored["notes"]
+            return read_table(path, columns=columns), stored["notes"]
     sidecar.unlink(missing_ok=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_beside(path)
     longest = _longest_event_samples(cfg)
     multi_label = too_long = timed = 0
     next_source = 0
-    try:
+    with writing(path) as tmp:
         with pq.ParquetWriter(tmp, SOURCES_SCHEMA, compression="zstd") as writer:
             for batch in range(run.batch_count()):
                 clips = read_clips(run, batch, stats, with_audio=True, with_scenes=False).to_pylist()
@@ -171,11 +168,8 @@ def build_sources(run: RunDir, cfg: RunConfig, stats: dict) -> tuple[pa.Table, l
         if too_long:
             notes.append(f"{too_long} clips longer than fits compose.max_duration_s={cfg.compose.max_duration_s:g} "
                          "not used as scene events")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     write_text_atomic(sidecar, json.dumps({"fingerprint": fp, "notes": notes}))
-    return pq.read_table(path, columns=columns), notes
+    return read_table(path, columns=columns), notes
 
 
 def read_splits(run: RunDir) -> dict[str, str]:
@@ -648,7 +642,7 @@ def _read_sources(run: RunDir, wanted: set[int]) -> tuple[dict[int, np.ndarray],
     """The audible parts (float32) and the descriptions of the wanted sources; only their row groups are read."""
     if not wanted:
         return {}, {}
-    table = pq.read_table(run.stage_dir(STAGE) / "sources.parquet", filters=[("source", "in", sorted(wanted))])
+    table = read_table(run.stage_dir(STAGE) / "sources.parquet", filters=[("source", "in", sorted(wanted))])
     audio, meta = {}, {}
     for row in table.to_pylist():
         audio[row["source"]] = np.frombuffer(row.pop("pcm16"), dtype="<i2").astype(np.float32) / 32768.0

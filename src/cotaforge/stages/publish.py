@@ -7,9 +7,21 @@ Hugging Face `Audio` feature, `{bytes, path}`, and each shard carries the featur
 a dataset card `README.md` with a `configs` block, statistics tables and plots under `plots/`.
 
 Splits go by group (the manifest's group column, e.g. the speaker, or else the clip), decided per source
-dataset so every dataset reaches every split, and no group crosses splits. The dataset is built in a
-temporary folder and renamed into place: a reader never sees half a version. Streams part by part; memory
-does not grow with the number of samples.
+dataset so every dataset reaches every split, and no group crosses splits.
+
+Memory stays flat in the batch size and the number of samples: each batch's rows are built in slices of at
+most SLICE_ROWS rows and SLICE_AUDIO_BYTES of audio (a clip's audio is copied into each of its ~10 samples,
+so a whole batch's published rows would be many times its audio), and shards are written in row groups
+bounded in rows and audio bytes (ROW_GROUP_ROWS, ROW_GROUP_AUDIO_BYTES): the same shards whatever the batch
+size was.
+
+On a local disk the version is built in a temporary folder beside it and renamed into place: a reader never
+sees half a version. On an object store (`--out s3://...`) there is no folder rename, so a version is
+complete exactly when its `manifest.json` exists: publishing a changed version first deletes the old
+`manifest.json` (and card), uploads each shard whole under its final key as soon as it is written, then the
+plots and card, then `manifest.json` last, and only then deletes the objects of the replaced version that the
+new one does not have. A publish killed on the way leaves a version without `manifest.json`, which the next
+publish redoes; `dataset_files` gives the shards of complete versions only.
 """
 
 from __future__ import annotations
@@ -17,7 +29,9 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import math
 import shutil
+import tempfile
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -31,6 +45,8 @@ import pyarrow.parquet as pq
 from cotaforge import __version__, progress
 from cotaforge.config import RunConfig, stable_hash
 from cotaforge.cot import option_letter
+from cotaforge.errors import ConfigError, CotaforgeError
+from cotaforge.location import is_remote, location, put_file, storage_errors
 from cotaforge.models import (SAMPLE_RATE_HZ, SCHEMA_VERSION, SYSTEM_PROMPT, Rejection, ShardInfo, ShardManifest,
                               StageReport)
 from cotaforge.stages.ingest import read_clip_audio
@@ -41,6 +57,14 @@ STAGE = "publish"
 STAGE_VERSION = 2
 COT_LENGTH_BINS = list(range(0, 1001, 25))  # words
 SCENE_EXAMPLES = 4  # scenes drawn in the card's timeline picture
+# A shard's row groups end at ROW_GROUP_ROWS rows or before ROW_GROUP_AUDIO_BYTES of audio, whichever comes
+# first (a row larger than that alone is a group of its own). Each split's writer holds up to a row group, so
+# this sets most of publish's memory; 500 rows still keep the ~10 copies of a clip's audio in one compressed
+# page (shards within 1% of the size of one large group per batch; 250 rows cost 5%, 100 rows 15%).
+ROW_GROUP_ROWS = 500
+ROW_GROUP_AUDIO_BYTES = 32 << 20
+SLICE_ROWS = 250  # published rows built at once, at most ...
+SLICE_AUDIO_BYTES = 16 << 20  # ... and at most this much audio in them (one row may exceed it alone)
 
 MESSAGE_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -113,34 +137,75 @@ def assign_splits(groups: dict[str, dict[str, int]], ratios: dict[str, float], s
 
 
 class _SplitWriter:
-    """Rolls Parquet shards of one split at `shard_rows`, hashing each as it closes."""
+    """Writes one split's shards into a local folder: `shard_rows` rows each, named
+    `<split>-NNNNN-of-NNNNN.parquet` from the split's row count known up front, in row groups of
+    row groups of at most ROW_GROUP_ROWS rows and ROW_GROUP_AUDIO_BYTES of audio, so the file depends on the
+    rows alone, never on how they were handed over. Rows short of a full row group wait for the next write;
+    `on_close(split, path, rows)` is called as each shard is finished."""
 
-    def __init__(self, folder: Path, split: str, shard_rows: int, metadata: dict[bytes, bytes]) -> None:
-        self.folder, self.split, self.shard_rows = folder, split, shard_rows
+    def __init__(self, folder: Path, split: str, rows_total: int, shard_rows: int, metadata: dict[bytes, bytes],
+                 on_close) -> None:
+        self.folder, self.split, self.shard_rows, self.on_close = folder, split, shard_rows, on_close
+        self.rows_total, self.shards = rows_total, math.ceil(rows_total / shard_rows)
         self.schema = PUBLISHED_SCHEMA.with_metadata(metadata)
-        self.closed: list[tuple[Path, int]] = []
         self.writer: pq.ParquetWriter | None = None
-        self.rows_in_shard = 0
         self.path: Path | None = None
+        self.closed = 0  # shards finished
+        self.rows_written = 0
+        self.rows_in_shard = 0
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.pending_audio_bytes = np.zeros(0, dtype=np.int64)  # per waiting row
 
     def write(self, table: pa.Table) -> None:
-        offset = 0
-        while offset < table.num_rows:
-            if self.writer is None:
-                self.path = self.folder / f"{self.split}-{len(self.closed):05d}.parquet"
-                self.writer = pq.ParquetWriter(self.path, self.schema, compression="zstd",
-                                               use_dictionary=dictionary_columns(self.schema))
-            take = min(self.shard_rows - self.rows_in_shard, table.num_rows - offset)
-            self.writer.write_table(table.slice(offset, take), row_group_size=max(take, 1))
-            offset += take
-            self.rows_in_shard += take
-            if self.rows_in_shard >= self.shard_rows:
-                self.close()
+        self.pending.append(table)
+        self.pending_rows += table.num_rows
+        sizes = pc.binary_length(table["audio"].combine_chunks().field("bytes")).to_numpy(zero_copy_only=False)
+        self.pending_audio_bytes = np.concatenate([self.pending_audio_bytes, sizes.astype(np.int64)])
+        while (rows := self._group_rows(final=False)):
+            self._write_group(rows)
 
     def close(self) -> None:
+        """Write what waits and finish the last shard; CotaforgeError when the rows written are not the rows
+        the split was counted to have (the shard names would be wrong)."""
+        while (rows := self._group_rows(final=True)):
+            self._write_group(rows)
+        self._close_shard()
+        if self.rows_written != self.rows_total:
+            raise CotaforgeError(f"publish wrote {self.rows_written} rows to split {self.split!r} but counted "
+                                 f"{self.rows_total} beforehand; run publish again")
+
+    def _group_rows(self, final: bool) -> int:
+        """Rows of the next row group when it is complete (or `final`: nothing more comes), else 0."""
+        if not self.pending_rows:
+            return 0
+        limit = min(ROW_GROUP_ROWS, self.shard_rows - self.rows_in_shard)
+        audio_bytes = np.cumsum(self.pending_audio_bytes[:limit])
+        rows = max(1, min(limit, int(np.searchsorted(audio_bytes, ROW_GROUP_AUDIO_BYTES, side="right"))))
+        # Complete when a row is left over (it did not fit) or the group is full; otherwise more may join.
+        return rows if final or rows < self.pending_rows or rows == limit else 0
+
+    def _write_group(self, rows: int) -> None:
+        table = pa.concat_tables(self.pending) if len(self.pending) > 1 else self.pending[0]
+        rest = table.slice(rows)
+        self.pending_audio_bytes = self.pending_audio_bytes[rows:]
+        if self.writer is None:
+            self.path = self.folder / f"{self.split}-{self.closed:05d}-of-{self.shards:05d}.parquet"
+            self.writer = pq.ParquetWriter(self.path, self.schema, compression="zstd",
+                                           use_dictionary=dictionary_columns(self.schema))
+        # One chunk per column: the writer cuts pages at chunk boundaries, which must not depend on the slices.
+        self.writer.write_table(table.slice(0, rows).combine_chunks(), row_group_size=rows)
+        self.pending, self.pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
+        self.rows_in_shard += rows
+        self.rows_written += rows
+        if self.rows_in_shard >= self.shard_rows:
+            self._close_shard()
+
+    def _close_shard(self) -> None:
         if self.writer is not None:
             self.writer.close()
-            self.closed.append((self.path, self.rows_in_shard))
+            self.on_close(self.split, self.path, self.rows_in_shard)
+            self.closed += 1
             self.writer, self.rows_in_shard = None, 0
 
 
@@ -165,20 +230,20 @@ class _Stats:
         self.cot_words_total = 0
         self.types = Counter()  # question_type -> rows
         self.scene_rows = Counter()  # scene_kind -> rows
-        self.scenes: dict[str, set[str]] = {}  # scene_kind -> clip ids
+        self.scenes = Counter()  # scene_kind -> scenes (clips); a clip's samples are all in its batch's part
         self.twin_rows = 0
         self.example_scenes: dict[str, dict[str, str]] = {}  # scene_kind -> {clip_id: events JSON}, a few each
 
     def add_scenes(self, table: pa.Table) -> None:
-        """Scene counts per kind, twins, and a few scenes (of different kinds first) for the timeline picture."""
+        """Scene counts per kind, twins, and a few scenes (of different kinds first) for the timeline picture.
+        `table` is one whole batch: a scene's samples never span two batches."""
         self.twin_rows += int(pc.sum(pc.not_equal(table["twin_of"], "")).as_py() or 0)
         scenes = table.filter(pc.not_equal(table["scene_kind"], ""))
         if not scenes.num_rows:
             return
         kinds, clip_ids = scenes["scene_kind"].to_pylist(), scenes["clip_id"].to_pylist()
-        for kind, clip_id in zip(kinds, clip_ids):
-            self.scene_rows[kind] += 1
-            self.scenes.setdefault(kind, set()).add(clip_id)
+        self.scene_rows.update(kinds)
+        self.scenes.update(kind for kind, _ in set(zip(kinds, clip_ids)))
         if any(len(self.example_scenes.get(k, {})) < SCENE_EXAMPLES for k in set(kinds)):
             for kind, clip_id, events in zip(kinds, clip_ids, scenes["events"].to_pylist()):
                 examples = self.example_scenes.setdefault(kind, {})
@@ -272,17 +337,32 @@ def _messages(table: pa.Table) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(np.arange(0, 3 * n + 1, 3), pa.int32()), turns)
 
 
-def _published_table(batch_table: pa.Table, ingest: pa.Table, split_of: dict[str, str]) -> pa.Table:
-    """The batch's samples with their audio (taken column-wise from the ingest part), split and messages."""
-    row_of = {clip_id: i for i, clip_id in enumerate(ingest["clip_id"].to_pylist())}
-    rows = pa.array([row_of[c] for c in batch_table["clip_id"].to_pylist()], pa.int64())
-    audio_bytes = ingest["audio_wav"].take(rows).combine_chunks()
-    audio_paths = pc.binary_join_element_wise(batch_table["clip_id"], ".wav", "").combine_chunks()
+def _with_splits(table: pa.Table, split_of: dict[str, str]) -> pa.Table:
+    return table.set_column(table.schema.get_field_index("split"), "split",
+                            pa.array([split_of[g] for g in table["group_id"].to_pylist()], pa.string()))
+
+
+def _published_table(rows: pa.Table, audio: pa.ChunkedArray, audio_rows: pa.Array) -> pa.Table:
+    """Published rows: `rows` (samples with their split) with their audio (`audio.take(audio_rows)`, one
+    clip's WAV per sample) and messages."""
+    audio_bytes = audio.take(audio_rows).combine_chunks()
+    audio_paths = pc.binary_join_element_wise(rows["clip_id"], ".wav", "").combine_chunks()
     audio_column = pa.StructArray.from_arrays([audio_bytes, audio_paths], fields=list(AUDIO_TYPE))
-    table = batch_table.set_column(batch_table.schema.get_field_index("split"), "split",
-                                   pa.array([split_of[g] for g in batch_table["group_id"].to_pylist()], pa.string()))
-    table = table.append_column("audio", audio_column).append_column("messages", _messages(batch_table))
+    table = rows.append_column("audio", audio_column).append_column("messages", _messages(rows))
     return table.select(PUBLISHED_SCHEMA.names).cast(PUBLISHED_SCHEMA)
+
+
+def _slices(audio_sizes: np.ndarray) -> list[tuple[int, int]]:
+    """(offset, length) runs of rows with at most SLICE_ROWS rows and SLICE_AUDIO_BYTES of audio each."""
+    slices, start, total = [], 0, 0
+    for i, size in enumerate(audio_sizes.tolist()):
+        if i > start and (i - start >= SLICE_ROWS or total + size > SLICE_AUDIO_BYTES):
+            slices.append((start, i - start))
+            start, total = i, 0
+        total += size
+    if start < len(audio_sizes):
+        slices.append((start, len(audio_sizes) - start))
+    return slices
 
 
 def dataset_dir(cfg: RunConfig) -> Path:
@@ -303,6 +383,9 @@ def run_publish(run: RunDir, cfg: RunConfig) -> StageReport:
 
     started = time.perf_counter()
     target = dataset_dir(cfg)
+    if cfg.publish.push_to_hub and is_remote(target):
+        raise ConfigError(f"publish.push_to_hub uploads from a local folder, and the dataset goes to {target}; "
+                          "publish to a local --out to push, or drop --push-to-hub")
     recovered = recover_dataset(target) + [str(p) for p in run.clear_stale_temporaries()]
     review = load_decisions(run, cfg)
     decisions = review.outcomes
@@ -334,6 +417,78 @@ def _group_counts(run: RunDir) -> dict[str, dict[str, int]]:
     return {d: dict(c) for d, c in groups.items()}
 
 
+def _split_rows(run: RunDir, split_of: dict[str, str], decisions: dict | None) -> Counter:
+    """Rows each split will get (review-rejected rows left out): fixes the shard names before writing."""
+    rows: Counter = Counter()
+    for batch in range(run.batch_count()):
+        table = run.read_part("balance", batch, ["sample_id", "group_id"])
+        for sample_id, group in zip(table["sample_id"].to_pylist(), table["group_id"].to_pylist()):
+            outcome = decisions.get(sample_id) if decisions else None
+            if outcome is None or outcome.keep:
+                rows[split_of[group]] += 1
+    return rows
+
+
+class _LocalVersion:
+    """A version built in a temporary folder beside `target` and renamed into place when complete."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.folder = target.parent / f".{target.name}.tmp-{owner_tag()}"
+        (self.folder / "data").mkdir(parents=True)
+
+    def shard_done(self, path: Path) -> None:
+        """A shard is finished in `folder/data`: nothing more to do until the whole version is."""
+
+    def finish(self, manifest_json: str) -> None:
+        (self.folder / "manifest.json").write_text(manifest_json, encoding="utf-8")
+        _swap_into_place(self.folder, self.target)
+
+    def close(self) -> None:
+        if self.folder.exists():
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class _RemoteVersion:
+    """A version on an object store: files are built in a local folder and uploaded one by one under their
+    final keys, `manifest.json` last (see the module's docstring)."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.folder = Path(tempfile.mkdtemp(prefix=".cotaforge-publish-"))
+        (self.folder / "data").mkdir()
+        self.uploaded: set[str] = set()
+        with storage_errors(target):
+            # The replaced version stops being complete before any of its objects is overwritten.
+            for name in ("manifest.json", "README.md"):
+                if (target / name).exists():
+                    (target / name).unlink()
+
+    def _upload(self, local: Path) -> None:
+        relative = local.relative_to(self.folder).as_posix()
+        put_file(local, self.target / relative)
+        self.uploaded.add(relative)
+
+    def shard_done(self, path: Path) -> None:
+        self._upload(path)
+        path.unlink()
+
+    def finish(self, manifest_json: str) -> None:
+        for path in sorted(self.folder.rglob("*")):  # the plots and the card
+            if path.is_file():
+                self._upload(path)
+        (self.folder / "manifest.json").write_text(manifest_json, encoding="utf-8")
+        self._upload(self.folder / "manifest.json")
+        with storage_errors(self.target):
+            fs, root = self.target.fs, self.target.path.rstrip("/")
+            stale = [key for key in fs.find(root) if key[len(root) + 1:] not in self.uploaded]
+            if stale:
+                fs.rm(stale)
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def _write_dataset(run: RunDir, cfg: RunConfig, target: Path, fp: str, started: float,
                    decisions: dict | None = None) -> StageReport:
     """Write the version; `decisions` (sample id -> review outcome) drop rejected rows and apply edits."""
@@ -343,10 +498,18 @@ def _write_dataset(run: RunDir, cfg: RunConfig, target: Path, fp: str, started: 
     # The splits compose decided before building scenes win; groups it never saw are assigned here.
     split_of = {**assign_splits(_group_counts(run), cfg.publish.splits, cfg.run.seed, cfg.publish.group_splits),
                 **read_splits(run)}
-    work = target.parent / f".{target.name}.tmp-{owner_tag()}"
-    (work / "data").mkdir(parents=True)
+    split_rows = _split_rows(run, split_of, decisions)
+    version = _RemoteVersion(target) if is_remote(target) else _LocalVersion(target)
     metadata = {b"huggingface": json.dumps({"info": {"features": hf_features()}}).encode()}
-    writers = {s: _SplitWriter(work / "data", s, cfg.publish.shard_rows, metadata) for s in cfg.publish.splits}
+    shards: dict[str, list[ShardInfo]] = {s: [] for s in cfg.publish.splits}
+
+    def shard_closed(split: str, path: Path, rows: int) -> None:
+        shards[split].append(ShardInfo(path=f"data/{path.name}", split=split, rows=rows,
+                                       bytes=path.stat().st_size, sha256=_sha256(path)))
+        version.shard_done(path)
+
+    writers = {s: _SplitWriter(version.folder / "data", s, split_rows.get(s, 0), cfg.publish.shard_rows, metadata,
+                               shard_closed) for s in cfg.publish.splits}
     stats = _Stats()
     review_rejects: list[Rejection] = []
     try:
@@ -358,28 +521,24 @@ def _write_dataset(run: RunDir, cfg: RunConfig, target: Path, fp: str, started: 
                 table = _unlink_rejected_twins(table, decisions)
             if table.num_rows == 0:
                 continue
-            ingest = read_clip_audio(run, batch)
-            published = _published_table(table, ingest, split_of)
-            stats.add(published)
-            split_column = published["split"]
-            for split, writer in writers.items():
-                part = published.filter(pc.equal(split_column, split))
-                if part.num_rows:
-                    writer.write(part)
+            table = _with_splits(table, split_of)
+            stats.add(table)
+            _write_batch(table, read_clip_audio(run, batch), writers)
             progress.advance(STAGE, table.num_rows)
         for writer in writers.values():
             writer.close()
-        shards = _finalize_shards(work, writers)
         manifest = ShardManifest(name=cfg.dataset_name, version=cfg.publish.version, fingerprint=fp,
                                  created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                 rows={s: stats.rows.get(s, 0) for s in cfg.publish.splits}, shards=shards)
-        (work / "manifest.json").write_text(manifest.model_dump_json(indent=1), encoding="utf-8")
-        _write_plots(work / "plots", stats)
-        (work / "README.md").write_text(dataset_card(cfg, manifest, stats, run), encoding="utf-8")
-        _swap_into_place(work, target)
+                                 rows={s: stats.rows.get(s, 0) for s in cfg.publish.splits},
+                                 shards=[shard for s in cfg.publish.splits for shard in shards[s]])
+        _write_plots(version.folder / "plots", stats)
+        (version.folder / "README.md").write_text(dataset_card(cfg, manifest, stats, run), encoding="utf-8")
+        version.finish(manifest.model_dump_json(indent=1))
     finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
+        for writer in writers.values():
+            if writer.writer is not None:
+                writer.writer.close()
+        version.close()
     # Rows the annotators rejected are listed like every other dropped row.
     write_rejects(run.rejects_path(STAGE, "review"), review_rejects)
     total = sum(stats.rows.values())
@@ -387,6 +546,38 @@ def _write_dataset(run: RunDir, cfg: RunConfig, target: Path, fp: str, started: 
                        rejected={"review_rejected": len(review_rejects)} if review_rejects else {},
                        seconds=time.perf_counter() - started,
                        notes=[f"dataset at {target}: " + ", ".join(f"{s} {stats.rows.get(s, 0)}" for s in cfg.publish.splits)])
+
+
+def _write_batch(table: pa.Table, ingest: pa.Table, writers: dict[str, _SplitWriter]) -> None:
+    """One batch's samples (with their splits) to the split writers, built a slice at a time so that only
+    a slice's copies of the audio exist at once."""
+    row_of = {clip_id: i for i, clip_id in enumerate(ingest["clip_id"].to_pylist())}
+    audio = ingest["audio_wav"]
+    audio_sizes = pc.binary_length(audio).to_numpy()
+    audio_rows = np.array([row_of[c] for c in table["clip_id"].to_pylist()], dtype=np.int64)
+    splits = table["split"].to_numpy(zero_copy_only=False)
+    for split, writer in writers.items():
+        # Rows are taken a slice at a time (no whole-split copy of the batch's text), in the batch's order.
+        picked = np.flatnonzero(splits == split)
+        for offset, length in _slices(audio_sizes[audio_rows[picked]]):
+            chosen = picked[offset:offset + length]
+            writer.write(_published_table(table.take(pa.array(chosen)), audio, pa.array(audio_rows[chosen])))
+
+
+def dataset_files(version: Path | str) -> dict[str, list[str]]:
+    """The shard files of each split of a complete published version (local folder or URL), from its
+    `manifest.json`, e.g. for `datasets.load_dataset("parquet", data_files=...)`. CotaforgeError when the
+    version has no `manifest.json`: it does not exist, or its publish has not finished (or was stopped)."""
+    folder = location(version)
+    with storage_errors(folder):
+        if not (folder / "manifest.json").is_file():
+            raise CotaforgeError(f"{folder} has no manifest.json: it is not a complete published version (a publish "
+                                 "still running or stopped before the end); run `cotaforge publish` to finish it")
+        manifest = ShardManifest.model_validate_json((folder / "manifest.json").read_text(encoding="utf-8"))
+    files: dict[str, list[str]] = {}
+    for shard in manifest.shards:
+        files.setdefault(shard.split, []).append(str(folder / shard.path))
+    return files
 
 
 def _unlink_rejected_twins(table: pa.Table, decisions: dict) -> pa.Table:
@@ -413,18 +604,6 @@ def _review_rejects(table: pa.Table, decisions: dict) -> list[Rejection]:
     return rejects
 
 
-def _finalize_shards(work: Path, writers: dict[str, _SplitWriter]) -> list[ShardInfo]:
-    shards = []
-    for split, writer in writers.items():
-        count = len(writer.closed)
-        for index, (path, rows) in enumerate(writer.closed):
-            final = path.with_name(f"{split}-{index:05d}-of-{count:05d}.parquet")
-            path.rename(final)
-            shards.append(ShardInfo(path=f"data/{final.name}", split=split, rows=rows, bytes=final.stat().st_size,
-                                    sha256=_sha256(final)))
-    return shards
-
-
 def _swap_into_place(work: Path, target: Path) -> None:
     """Rename the finished `work` folder to `target`, moving an existing version aside first.
 
@@ -449,7 +628,7 @@ def recover_dataset(target: Path) -> list[str]:
     Folders whose writer is still alive (same host, live pid) are left alone.
     """
     parent = target.parent
-    if not parent.is_dir():
+    if is_remote(target) or not parent.is_dir():  # an object store's version is never half-renamed
         return []
     done = []
     prefix = f".{target.name}."
@@ -625,7 +804,7 @@ def _scene_section(stats: _Stats) -> list[str]:
         f"twin (column `twin_of`) is asked the same question with a different answer: {stats.twin_rows} rows.",
         "",
         "| scene kind | scenes | rows |", "| --- | ---: | ---: |",
-        *(f"| {_md(k)} | {len(stats.scenes[k])} | {stats.scene_rows[k]} |" for k in sorted(stats.scenes)),
+        *(f"| {_md(k)} | {stats.scenes[k]} | {stats.scene_rows[k]} |" for k in sorted(stats.scenes)),
         "",
         "![timelines of a few scenes](plots/scene_timelines.png)",
         "",

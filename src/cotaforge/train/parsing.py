@@ -16,6 +16,10 @@ The rules, in order (README "Answer-parsing rules" says the same):
       `ambiguous`.
    Lower-case letters count ("the answer is b"), except "a" and "i" followed by another word, which are
    words. A capital "A" followed by a lower-case word is the article ("A speaker says...").
+   `conflict`: a letter read by a-e whose option's text is not among the option texts the text names
+   ("It is seven, so the answer is A" where A is three) is no answer: the output contradicts itself, and
+   either half alone would be right by chance one time in the number of options. Where option texts
+   overlap ("dog", "hot dog"), a mention counts for the longest option it spells.
 3. Yes/no: the first "yes" or "no" as a whole word, any case.
 4. Open-ended and comparison: the text, lower-cased, without punctuation; it is correct when the reference
    answer appears in it as whole words.
@@ -100,22 +104,43 @@ def _letter_ok(text: str, match: re.Match[str], letters: str) -> bool:
     return is_letter_mention(match.group(1), text[match.end(1):], letters)
 
 
+def named_options(text: str, options: Sequence[str]) -> list[str]:
+    """Letters of the options whose text appears in `text` as whole words, in option order.
+
+    Longer option texts are matched first and their mentions removed, so "hot dog" does not also name "dog".
+    """
+    remaining = f" {normalize_text(text)} "
+    named: set[int] = set()
+    for index in sorted(range(len(options)), key=lambda i: len(normalize_text(options[i])), reverse=True):
+        needle = normalize_text(options[index])
+        if needle and f" {needle} " in remaining:
+            named.add(index)
+            remaining = remaining.replace(f" {needle} ", " | ")
+    return [LETTERS[index] for index in sorted(named)]
+
+
 def _parse_choice(text: str, options: Sequence[str], source: str) -> ParsedAnswer:
     letters = LETTERS[: len(options)]
+    named = named_options(text, options)
+
+    def letter(value: str, rule: str) -> ParsedAnswer:
+        if named and value not in named:  # the letter and the option text it is given with disagree
+            return ParsedAnswer(None, "conflict", source)
+        return ParsedAnswer(value, rule, source)
+
     for pattern in (_ANSWER_PHRASE, _OPTION_PHRASE):
         phrases = [m for m in pattern.finditer(text) if _letter_ok(text, m, letters)]
         if phrases:
-            return ParsedAnswer(phrases[-1].group(1).upper(), "answer_phrase", source)
+            return letter(phrases[-1].group(1).upper(), "answer_phrase")
     capitals = {m.group(1) for m in _STANDALONE_CAPITAL.finditer(text) if _letter_ok(text, m, letters)}
     if len(capitals) > 1:
         return ParsedAnswer(None, "ambiguous", source)
     for rule, pattern in (("final_letter", _FINAL_LETTER), ("leading_letter", _LEADING_LETTER)):
         match = pattern.search(text)
         if match and _letter_ok(text, match, letters):
-            return ParsedAnswer(match.group(1).upper(), rule, source)
+            return letter(match.group(1).upper(), rule)
     if capitals:
-        return ParsedAnswer(capitals.pop(), "sole_letter", source)
-    named = [LETTERS[index] for index, option in enumerate(options) if _contains_words(text, option)]
+        return letter(capitals.pop(), "sole_letter")
     if len(named) == 1:
         return ParsedAnswer(named[0], "option_text", source)
     return ParsedAnswer(None, "ambiguous" if named else "no_answer", source)
