@@ -18,7 +18,10 @@ import functools
 import gc
 import math
 import queue
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import task, unmapped
@@ -28,6 +31,7 @@ from prefect.context import FlowRunContext
 from cotaforge import progress
 from cotaforge.config import RunConfig
 from cotaforge.models import StageReport, merge_reports
+from cotaforge.prefect_server import started_here
 from cotaforge.store import RunDir
 from flows.executors import WorkerWatch, batch_result, runs_elsewhere, task_runner
 
@@ -120,6 +124,25 @@ def collect(stage: str, futures: list, runs: list[range], watch: "WorkerWatch") 
         if elsewhere:
             progress.advance(stage, sum(r.rows_in for r in done))
     return merge_reports(stage, [reports[batch] for batch in sorted(reports)])
+
+
+@contextmanager
+def flow_settings() -> Iterator[None]:
+    """Around the flows of a command that started its own Prefect server: no flow-run heartbeats.
+
+    Heartbeats let a long-lived server mark a flow run whose process died as crashed. The command's own server
+    dies with it, so they tell no one anything, and each flow run paid up to a second for them at its end (its
+    heartbeat thread sleeps in whole seconds and is joined): about 8 s of a pipeline run's 8 flows, a quarter
+    of a re-run that has nothing to do. With the user's own server (`PREFECT_API_URL`), or
+    `PREFECT_FLOWS_HEARTBEAT_FREQUENCY` set, Prefect's settings stand.
+    """
+    if not started_here() or "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" in os.environ:
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def with_workers(stage_flow, cfg: dict):

@@ -25,17 +25,19 @@ def test_flows_of_a_command_with_its_own_server_send_no_heartbeats(monkeypatch, 
     from prefect import flow
     from prefect.settings import get_current_settings
 
+    from flows.common import flow_settings
+
     @flow
     def heartbeat_frequency() -> int | None:
         return get_current_settings().flows.heartbeat_frequency
 
     monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
     monkeypatch.setattr(prefect_server, "_started", [])
-    with prefect_server.flow_settings():  # the user's server: Prefect's settings stand
+    with flow_settings():  # the user's server: Prefect's settings stand
         assert heartbeat_frequency() is not None
     monkeypatch.setattr(prefect_server, "_started", [object()])
-    with prefect_server.flow_settings():
+    with flow_settings():
         assert heartbeat_frequency() is None
     monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")  # set by the user: left alone
-    with prefect_server.flow_settings():
+    with flow_settings():
         assert heartbeat_frequency() is not None

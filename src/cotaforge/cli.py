@@ -155,7 +155,7 @@ class _Bars:
 
 def _run_with_progress(function, *args):
     from cotaforge import progress as progress_hook
-    from cotaforge.prefect_server import flow_settings
+    from flows.common import flow_settings  # flows/ is importable once _prepare_prefect ran
 
     columns = [TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[rate]}")]

@@ -21,8 +21,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from cotaforge.errors import CotaforgeError
 
@@ -105,23 +103,9 @@ def start_prefect_server(timeout_s: float = 120.0) -> subprocess.Popen | None:
     return process
 
 
-@contextmanager
-def flow_settings() -> Iterator[None]:
-    """Around the flows of a command that started its own server: no flow-run heartbeats.
-
-    Heartbeats let a long-lived server mark a flow run whose process died as crashed. This server dies with the
-    command, so they tell no one anything, and each flow run paid up to a second for them at its end (its
-    heartbeat thread sleeps in whole seconds and is joined): about 8 s of a pipeline run's 8 flows, a quarter
-    of a re-run that has nothing to do. With the user's own server (`PREFECT_API_URL`), or
-    `PREFECT_FLOWS_HEARTBEAT_FREQUENCY` set, Prefect's settings stand.
-    """
-    if not _started or "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" in os.environ:
-        yield
-        return
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield
+def started_here() -> bool:
+    """Whether this process started the Prefect API server it uses (and so the server dies with it)."""
+    return bool(_started)
 
 
 def _stop(process: subprocess.Popen) -> None:
