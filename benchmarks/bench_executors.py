@@ -85,7 +85,7 @@ def bench_overhead(tasks: int, workers: int = 2) -> list[dict]:
                 rows.append(_overhead_row(executor, workers, tasks, run_stage(noop_flow, cfg).seconds))
                 # The stages' default: runs of consecutive batches, about 8 tasks per worker.
                 grouped = _config(Path(tmp), None, workers, executor).to_dict()
-                rows.append(_overhead_row(f"{executor}, {len(batch_runs(tasks, workers))} tasks of several batches",
+                rows.append(_overhead_row(f"{executor}, {len(batch_runs(range(tasks), workers))} tasks of several batches",
                                           workers, tasks, run_stage(noop_flow, grouped).seconds))
                 if executor == "dask":
                     # The same tasks straight on the cluster, without Prefect's task engine: Dask's own share.

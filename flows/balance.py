@@ -26,7 +26,7 @@ def balance_flow(cfg: dict) -> StageReport:
     _, run = load(cfg)
     progress.start(balance.STAGE, run.part_rows("validate"))
     plan = plan_task(cfg)
-    report = map_batches(balance.STAGE, balance_batch_task, cfg, plan=plan)
+    report = map_batches(balance.STAGE, balance_batch_task, cfg, balance.batch_fingerprint, plan=plan)
     report.notes = balance.balance_summary(plan)
     return report
 

@@ -20,7 +20,7 @@ caption_batch_task = batch_task("caption-batch", caption.caption_batch)
 def caption_flow(cfg: dict) -> StageReport:
     _, run = load(cfg)
     progress.start(caption.STAGE, clip_count(run))
-    return map_batches(caption.STAGE, caption_batch_task, cfg)
+    return map_batches(caption.STAGE, caption_batch_task, cfg, caption.batch_fingerprint)
 
 
 if __name__ == "__main__":

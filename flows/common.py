@@ -20,7 +20,7 @@ import math
 import queue
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -70,24 +70,40 @@ def _tune_gc() -> None:
     gc.set_threshold(10_000, *gc.get_threshold()[1:])
 
 
-def batch_runs(batch_count: int, workers: int, per_task: int | None = None) -> list[range]:
-    """Consecutive batch numbers in runs of `per_task` (the last may be shorter); by default about
-    `TASKS_PER_WORKER` runs per worker, one batch a run when there are fewer batches than that."""
-    size = per_task or max(1, math.ceil(batch_count / (max(workers, 1) * TASKS_PER_WORKER)))
-    return [range(first, min(first + size, batch_count)) for first in range(0, batch_count, size)]
+def batch_runs(batches: Sequence[int], workers: int, per_task: int | None = None) -> list[range]:
+    """`batches` (batch numbers, ascending) in runs of consecutive numbers, at most `per_task` long; by default
+    about `TASKS_PER_WORKER` runs per worker, one batch a run when there are fewer batches than that."""
+    size = per_task or max(1, math.ceil(len(batches) / (max(workers, 1) * TASKS_PER_WORKER)))
+    runs: list[range] = []
+    for batch in batches:
+        if runs and batch == runs[-1].stop and len(runs[-1]) < size:
+            runs[-1] = range(runs[-1].start, batch + 1)
+        else:
+            runs.append(range(batch, batch + 1))
+    return runs
 
 
-def map_batches(stage: str, batch_task_fn, cfg: dict, **extra) -> StageReport:
-    """Map one stage's task over every batch of the run (runs of batches, see `batch_runs`) and merge the batch
-    reports. `extra` goes to every batch as keyword arguments (a plan made once for the stage)."""
+def map_batches(stage: str, batch_task_fn, cfg: dict, batch_fingerprint=None, **extra) -> StageReport:
+    """Map one stage's task over the batches of the run (runs of batches, see `batch_runs`) and merge the batch
+    reports. `extra` goes to every batch as keyword arguments (a plan made once for the stage).
+
+    With the stage's `batch_fingerprint(run, cfg, batch, **extra)`, a batch whose part already holds its
+    fingerprint is not sent to a worker at all: its stored report stands. A task costs the engine a quarter of a
+    second whatever it does, so a re-run with nothing to do used to spend seconds a stage sending tasks that each
+    found their parts current.
+    """
     config, run = load(cfg)
     # Temporary files a killed run left go before anything is written; a live writer's stay.
     cleared = run.clear_stale_temporaries()
+    current = current_reports(stage, run, config, batch_fingerprint, extra) if batch_fingerprint else {}
+    progress.advance(stage, sum(report.rows_in for report in current.values()))
+    stale = [batch for batch in range(run.batch_count()) if batch not in current]
     watch = WorkerWatch.for_runner(FlowRunContext.get().task_runner)
-    runs = batch_runs(run.batch_count(), watch.workers(), config.run.batches_per_task)
+    runs = batch_runs(stale, watch.workers(), config.run.batches_per_task) if stale else []
     futures = batch_task_fn.map(unmapped(str(run.root)), unmapped(cfg), [r.start for r in runs],
-                                [r[-1] for r in runs], unmapped(extra))
-    report = collect(stage, futures, runs, watch)
+                                [r[-1] for r in runs], unmapped(extra)) if runs else []
+    reports = {**current, **collect(stage, futures, runs, watch)}
+    report = merge_reports(stage, [reports[batch] for batch in sorted(reports)])
     if cleared:
         report.notes.append(f"removed {len(cleared)} temporary file(s) a stopped run left: "
                             + ", ".join(str(p.relative_to(run.root)) for p in cleared[:5])
@@ -95,8 +111,19 @@ def map_batches(stage: str, batch_task_fn, cfg: dict, **extra) -> StageReport:
     return report
 
 
-def collect(stage: str, futures: list, runs: list[range], watch: "WorkerWatch") -> StageReport:
-    """Merge a stage's batch reports, in batch order, as their tasks finish.
+def current_reports(stage: str, run: RunDir, config: RunConfig, batch_fingerprint,
+                    extra: dict) -> dict[int, StageReport]:
+    """The stored reports of the batches whose parts are current (hold `batch_fingerprint`'s value), by batch."""
+    current = {}
+    for batch in range(run.batch_count()):
+        stored = run.part_fingerprint(stage, batch)  # None for a missing part: nothing to compare
+        if stored is not None and stored == batch_fingerprint(run, config, batch, **extra):
+            current[batch] = run.stored_report(stage, batch)
+    return current
+
+
+def collect(stage: str, futures: list, runs: list[range], watch: "WorkerWatch") -> dict[int, StageReport]:
+    """A stage's batch reports, by batch, as their tasks finish.
 
     Tasks that ran in other processes (Dask workers) could not move the stage's progress bar there: it advances
     here by each batch's `rows_in` as its task completes. A lost scheduler, or a cluster left without a worker
@@ -123,7 +150,7 @@ def collect(stage: str, futures: list, runs: list[range], watch: "WorkerWatch") 
         reports.update(zip(batches, done))
         if elsewhere:
             progress.advance(stage, sum(r.rows_in for r in done))
-    return merge_reports(stage, [reports[batch] for batch in sorted(reports)])
+    return reports
 
 
 @contextmanager

@@ -25,7 +25,8 @@ def plan(cfg: dict) -> StageReport:
 def compose_flow(cfg: dict) -> StageReport:
     plan_report = plan(cfg)
     progress.start(compose.STAGE, plan_report.rows_out)
-    return compose.summarize_compose(plan_report, [map_batches(compose.STAGE, compose_batch_task, cfg)])
+    batches = map_batches(compose.STAGE, compose_batch_task, cfg, compose.batch_fingerprint)
+    return compose.summarize_compose(plan_report, [batches])
 
 
 if __name__ == "__main__":

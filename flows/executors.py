@@ -19,6 +19,7 @@ left without any worker for that long stops the run with a CotaforgeError naming
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ import dask
 import distributed
 from distributed.comm.core import CommClosedError
 from distributed.scheduler import KilledWorker
+from prefect.client.schemas.objects import State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
@@ -221,31 +223,54 @@ def batch_result(future, stage: str, batches: range, watch: WorkerWatch):
     runner = watch.runner
     which = f"batch {batches[0]}" if len(batches) == 1 else f"batches {batches[0]}-{batches[-1]}"
     wrapped = getattr(future, "wrapped_future", None)
-    if isinstance(wrapped, distributed.Future):
+    if not isinstance(wrapped, distributed.Future):
+        return future.result()
+    try:
+        state = _fetch_value(wrapped, stage, watch)
+    except KilledWorker as exc:
+        raise CotaforgeError(
+            f"{stage} {which}: every Dask worker that ran them died ({exc.allowed_failures + 1} of them; "
+            "out of memory? see the workers' logs). The batches already finished are kept: re-run the same "
+            "command to go on") from None
+    except CotaforgeError:
+        raise
+    except (Exception, asyncio.CancelledError) as exc:
+        client = getattr(runner, "_client", None)
+        # A closed connection is the scheduler going away, even before the client has noticed it; an error the
+        # scheduler reported for the task (one a plain function raised, a TimeoutError included) is the task's.
+        lost = wrapped.status != "error" and (
+            isinstance(exc, (CommClosedError, OSError, asyncio.CancelledError, concurrent.futures.CancelledError))
+            or client is None or client.status != "running")
+        what = "lost the Dask scheduler at" if lost else "the Dask cluster failed the task at"
+        raise CotaforgeError(
+            f"{what} {runner_address(runner)} during {stage} ({which}): {type(exc).__name__}: {exc}. "
+            "The batches already finished are kept: re-run the same command once the cluster is back") from None
+    # The task's final Prefect state, read as `PrefectDaskFuture.result()` reads it: a failure inside the task
+    # comes out here. `future.result()` would fetch the value from the cluster a second time, with no bound.
+    return state.result(raise_on_failure=True, _sync=True) if isinstance(state, State) else state
+
+
+def _fetch_value(wrapped: distributed.Future, stage: str, watch: WorkerWatch):
+    """The value of a Dask task (a Prefect task's final state), fetched to this process; while it is not here
+    the cluster is looked at every `watch.poll_s` (CotaforgeError from `watch.check` when no worker is left).
+
+    A task being done is not enough: its value stays on the worker that computed it until it is fetched, and a
+    worker that dies before or while sending it leaves the task to be computed again, which never happens
+    with no worker left. `Future.result()` without a timeout then waits forever; with one, each timeout would
+    drop a fetch under way and start it over. One fetch runs on the client's event loop until it is done."""
+    async def value() -> object:
+        return await wrapped
+
+    # A fetch given up on is left to the client's close at the stage's end: cancelling it mid-way makes Dask's
+    # inner waits log "Task exception was never retrieved" tracebacks under the run's error message.
+    fetching = asyncio.run_coroutine_threadsafe(value(), wrapped.client.loop.asyncio_loop)
+    while True:
         try:
-            while not wrapped.done():  # a task whose worker died waits for another one: is there any?
-                try:
-                    distributed.wait([wrapped], timeout=watch.poll_s)
-                except TimeoutError:
-                    watch.check(stage)
-            wrapped.result()  # the task's final state; a failure inside the task comes out of future.result()
-        except KilledWorker as exc:
-            raise CotaforgeError(
-                f"{stage} {which}: every Dask worker that ran them died ({exc.allowed_failures + 1} of them; "
-                "out of memory? see the workers' logs). The batches already finished are kept: re-run the same "
-                "command to go on") from None
-        except CotaforgeError:
-            raise
-        except (Exception, asyncio.CancelledError) as exc:
-            client = getattr(runner, "_client", None)
-            # A closed connection is the scheduler going away, even before the client has noticed it.
-            lost = (isinstance(exc, (CommClosedError, OSError, asyncio.CancelledError))
-                    or client is None or client.status != "running")
-            what = "lost the Dask scheduler at" if lost else "the Dask cluster failed the task at"
-            raise CotaforgeError(
-                f"{what} {runner_address(runner)} during {stage} ({which}): {type(exc).__name__}: {exc}. "
-                "The batches already finished are kept: re-run the same command once the cluster is back") from None
-    return future.result()
+            return fetching.result(timeout=watch.poll_s)
+        except TimeoutError:
+            if fetching.done():  # the task's own TimeoutError, not the wait's
+                raise
+            watch.check(stage)
 
 
 def check_scheduler(config: RunConfig) -> None:

@@ -20,7 +20,7 @@ expand_batch_task = batch_task("expand-batch", expand.expand_batch)
 def expand_flow(cfg: dict) -> StageReport:
     _, run = load(cfg)
     progress.start(expand.STAGE, clip_count(run))
-    return map_batches(expand.STAGE, expand_batch_task, cfg)
+    return map_batches(expand.STAGE, expand_batch_task, cfg, expand.batch_fingerprint)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def finalize(cfg: dict) -> StageReport:
 @flow(name="cotaforge-ingest")
 def ingest_flow(cfg: dict) -> StageReport:
     progress.start(ingest.STAGE, prepare(cfg))
-    batches = map_batches(ingest.STAGE, ingest_batch_task, cfg)
+    batches = map_batches(ingest.STAGE, ingest_batch_task, cfg, ingest.batch_fingerprint)
     return ingest.summarize_ingest([batches], finalize(cfg))
 
 

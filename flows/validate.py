@@ -19,7 +19,7 @@ validate_batch_task = batch_task("validate-batch", validate.validate_batch)
 def validate_flow(cfg: dict) -> StageReport:
     _, run = load(cfg)
     progress.start(validate.STAGE, run.part_rows("expand"))
-    return map_batches(validate.STAGE, validate_batch_task, cfg)
+    return map_batches(validate.STAGE, validate_batch_task, cfg, validate.batch_fingerprint)
 
 
 if __name__ == "__main__":

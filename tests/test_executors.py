@@ -283,6 +283,119 @@ def test_every_worker_gone_mid_run_exits_2_and_the_rerun_finishes(tmp_path, drum
     assert {p: p.stat().st_mtime_ns for p in done_before} == done_before  # nothing finished was redone
 
 
+class _KillsItsWorkerWhenSent:
+    """A finished task's value that takes its worker down the moment it is sent to the flow (pickled)."""
+
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _finished_value_lost_on_the_way() -> _KillsItsWorkerWhenSent:
+    return _KillsItsWorkerWhenSent()
+
+
+def _times_out() -> None:
+    raise TimeoutError("the server did not answer within 30 s")
+
+
+def _completed_state():
+    from prefect.states import Completed
+
+    return Completed(data=["report of batch 2", "report of batch 3"])
+
+
+def _failed_state():
+    from prefect.states import Failed
+
+    return Failed(data=ValueError("row 7: no audio at clips/7.wav"))
+
+
+@contextmanager
+def _runner_on_one_worker(home: Path, wait_s: float):
+    """A started `WorkerTaskRunner` on a `dask scheduler` with one `dask worker`, for plain functions (they
+    report nothing to the Prefect API, so no server need be there); yields the cluster and the runner."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.executors import WorkerTaskRunner
+
+    with dask_cluster(home, workers=1) as single, temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}), \
+            WorkerTaskRunner(address=single.address, worker_wait_s=wait_s) as runner:
+        yield single, runner
+
+
+def _caption_batches_result(done, runner):
+    """`batch_result` for the Dask future `done` as the task of caption's batches 2-3."""
+    import uuid
+
+    from prefect_dask.task_runners import PrefectDaskFuture
+
+    from flows.executors import WorkerWatch, batch_result
+
+    future = PrefectDaskFuture(wrapped_future=done, task_run_id=uuid.uuid4())
+    return batch_result(future, "caption", range(2, 4), WorkerWatch.for_runner(runner))
+
+
+def _batch_result_within(done, runner, timeout_s: float) -> tuple[BaseException | None, float]:
+    """`_caption_batches_result` in a thread given `timeout_s`: what it raised and the seconds it took. Fails the
+    test when it is still waiting by then."""
+    import threading
+
+    outcome: dict[str, BaseException] = {}
+
+    def fetch() -> None:
+        try:
+            _caption_batches_result(done, runner)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            outcome["error"] = exc
+
+    fetching = threading.Thread(target=fetch, daemon=True)
+    started = time.monotonic()
+    fetching.start()
+    fetching.join(timeout=timeout_s)
+    assert not fetching.is_alive(), f"batch_result still waits after {timeout_s} s"
+    return outcome.get("error"), time.monotonic() - started
+
+
+@pytest.mark.integration
+def test_the_only_worker_dying_while_a_finished_batch_is_fetched_stops_the_stage(tmp_path):
+    """A task is done, but its value still sits on the worker that computed it; that worker dying as the flow
+    fetches it leaves the task to be computed again, by nobody: the flow stops after `run.dask_worker_wait_s`
+    instead of waiting for it forever."""
+    from cotaforge.errors import CotaforgeError
+
+    with _runner_on_one_worker(tmp_path, wait_s=1) as (single, runner):
+        done = runner.client.submit(_finished_value_lost_on_the_way, pure=False)
+        deadline = time.monotonic() + 60
+        while done.status != "finished":
+            assert done.status == "pending" and time.monotonic() < deadline, done.status
+            time.sleep(0.02)
+        error, took_s = _batch_result_within(done, runner, timeout_s=60)
+        assert single.workers["w0"].wait(timeout=10) == -signal.SIGKILL
+    assert isinstance(error, CotaforgeError), repr(error)
+    message = " ".join(str(error).split())
+    assert message.startswith(f"caption: the Dask scheduler at {single.address} has been without any worker for 1 s")
+    assert took_s < 30  # the wait and a few looks at the cluster
+
+
+@pytest.mark.integration
+def test_batch_results_come_back_as_prefect_tasks_left_them_and_errors_at_once(tmp_path):
+    """A task's final Prefect state gives its value or raises its own error; an error Dask reports for the task
+    (a TimeoutError too) stops the stage at once, not after polling the cluster for ever."""
+    from cotaforge.errors import CotaforgeError
+
+    with _runner_on_one_worker(tmp_path, wait_s=1) as (single, runner):
+        completed = runner.client.submit(_completed_state, pure=False)
+        assert _caption_batches_result(completed, runner) == ["report of batch 2", "report of batch 3"]
+        with pytest.raises(ValueError, match="row 7: no audio at clips/7.wav"):
+            _caption_batches_result(runner.client.submit(_failed_state, pure=False), runner)
+        error, took_s = _batch_result_within(runner.client.submit(_times_out, pure=False), runner, timeout_s=60)
+    assert isinstance(error, CotaforgeError), repr(error)
+    message = " ".join(str(error).split())
+    assert (f"the Dask cluster failed the task at {single.address} during caption (batches 2-3): TimeoutError: "
+            "the server did not answer within 30 s") in message
+    assert took_s < 30
+
+
 def _sleepy_batch(run, cfg, batch: int):
     from cotaforge.models import StageReport
 

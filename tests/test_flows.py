@@ -11,7 +11,8 @@ from .conftest import make_config
 pytestmark = pytest.mark.integration
 
 
-def test_pipeline_flow_end_to_end_and_resume(tmp_path, prefect_harness, digits_manifest, drums_manifest):
+def test_pipeline_flow_end_to_end_and_resume(tmp_path, prefect_harness, digits_manifest, drums_manifest, monkeypatch):
+    from flows import common
     from flows.pipeline import pipeline_flow
 
     cfg = make_config(tmp_path / "out", [digits_manifest, drums_manifest], "compose.scenes=12")
@@ -24,8 +25,25 @@ def test_pipeline_flow_end_to_end_and_resume(tmp_path, prefect_harness, digits_m
     manifest = json.loads((dataset_dir(cfg) / "manifest.json").read_text())
     assert sum(manifest["rows"].values()) == reports[-1].rows_out
 
+    sent: dict[str, list[int]] = {}  # the batches each stage sends to its task runner
+    collect = common.collect
+
+    def counting_collect(stage, futures, runs, watch):
+        sent.setdefault(stage, []).extend(batch for batches in runs for batch in batches)
+        return collect(stage, futures, runs, watch)
+
+    monkeypatch.setattr(common, "collect", counting_collect)
     again = pipeline_flow(cfg.to_dict())
     assert sum(r.parts_done for r in again) == 0
+    assert set(sent) == {"ingest", "compose", "caption", "expand", "validate", "balance"}
+    assert not any(sent.values())  # every part was current: no task at all
+    assert [(r.stage, r.rows_in, r.rows_out) for r in again] == [(r.stage, r.rows_in, r.rows_out) for r in reports]
+
+    sent.clear()
+    (cfg.run.out_dir / "runs" / "test" / "caption" / "part-00002.parquet").unlink()
+    redone = pipeline_flow(cfg.to_dict())
+    assert sent["caption"] == [2] and not any(sent[stage] for stage in sent if stage != "caption")
+    assert redone[2].parts_done == 1 and sum(r.parts_done for r in redone) == 1
 
 
 def test_stage_flow_alone(tmp_path, prefect_harness, digits_manifest):
@@ -41,14 +59,16 @@ def test_batch_runs_are_consecutive_and_cover_every_batch_once():
     from flows.common import TASKS_PER_WORKER, batch_runs
 
     for count, workers in ((469, 2), (17, 2), (4, 2), (1, 8), (1000, 3)):
-        runs = batch_runs(count, workers)
+        runs = batch_runs(range(count), workers)
         assert [b for r in runs for b in r] == list(range(count))
         assert len(runs) <= workers * TASKS_PER_WORKER
         assert len({len(r) for r in runs[:-1]}) <= 1  # equal runs, the last one may be shorter
-    assert batch_runs(4, 2) == [range(0, 1), range(1, 2), range(2, 3), range(3, 4)]  # small runs: a task a batch
-    assert len(batch_runs(469, 2)) == 16
-    assert batch_runs(5, 2, per_task=2) == [range(0, 2), range(2, 4), range(4, 5)]
-    assert batch_runs(0, 2) == []
+    assert batch_runs(range(4), 2) == [range(0, 1), range(1, 2), range(2, 3), range(3, 4)]  # a task a batch
+    assert len(batch_runs(range(469), 2)) == 16
+    assert batch_runs(range(5), 2, per_task=2) == [range(0, 2), range(2, 4), range(4, 5)]
+    assert batch_runs([], 2) == []
+    # The batches left to do after a partial run: runs never bridge a gap (a task takes first..last).
+    assert batch_runs([0, 1, 2, 5, 6, 9], 1, per_task=4) == [range(0, 3), range(5, 7), range(9, 10)]
 
 
 def test_tasks_of_several_batches_publish_the_same_shards(tmp_path, prefect_harness, digits_manifest):

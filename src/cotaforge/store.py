@@ -23,6 +23,7 @@ is the same: fingerprints come from the objects' Parquet footers.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -223,7 +224,27 @@ def read_table(path: Path, columns: list[str] | None = None, filters: list | Non
 
 
 def read_footer(path: Path) -> tuple[dict[bytes, bytes] | None, str | None]:
-    """(schema metadata, None) of a readable Parquet file, else (None, what is wrong with it)."""
+    """(schema metadata, None) of a readable Parquet file, else (None, what is wrong with it).
+
+    A local file's footer is read once per process while its size and modification time stay the same: deciding
+    whether a batch is current reads its part's and its inputs' footers, and a re-run asks that of every batch
+    of every stage.
+    """
+    if not is_remote(path):
+        try:
+            stat = os.stat(path)
+        except OSError as exc:
+            return None, f"unreadable ({exc.strerror or type(exc).__name__})"
+        return _local_footer(str(path), stat.st_size, stat.st_mtime_ns)
+    return _read_footer(path)
+
+
+@functools.lru_cache(maxsize=4096)
+def _local_footer(path: str, size: int, mtime_ns: int) -> tuple[dict[bytes, bytes] | None, str | None]:
+    return _read_footer(Path(path))
+
+
+def _read_footer(path: Path) -> tuple[dict[bytes, bytes] | None, str | None]:
     try:
         return read_schema(path).metadata or {}, None
     except (pa.ArrowException, OSError) as exc:

@@ -105,6 +105,36 @@ def test_rerun_skips_every_batch(tmp_path, small_config):
     assert again.rows_out == 68
 
 
+def test_deduplication_runs_again_only_when_a_part_changed(tmp_path, digits_manifest):
+    text = digits_manifest.read_text(encoding="utf-8").splitlines()
+    doubled = digits_manifest.parent / "doubled.csv"
+    doubled.write_text("\n".join(text + [text[1]]) + "\n", encoding="utf-8")  # first clip again, in the last batch
+    cfg = make_config(tmp_path / "out", [doubled])
+    run, first = run_ingest(cfg)
+    stats_path = run.stage_dir("ingest") / "run_stats.json"
+    written = stats_path.stat().st_mtime_ns
+    _, again = run_ingest(cfg)
+    assert stats_path.stat().st_mtime_ns == written  # nothing changed: the statistics stand
+    assert (again.rows_in, again.rows_out, again.rejected) == (first.rows_in, first.rows_out, {"duplicate": 1})
+
+    # The duplicate's recording becomes a different sound: its batch is redone, and so is deduplication.
+    last_batch = run.batch_count() - 1
+    duplicate = digits_manifest.parent / text[1].split(",")[0]
+    replaced = digits_manifest.parent / "replaced.wav"
+    samples, rate = sf.read(duplicate)
+    sf.write(replaced, samples[::-1], rate)
+    doubled.write_text("\n".join(text + [text[1].replace(text[1].split(",")[0], "replaced.wav", 1)]) + "\n",
+                       encoding="utf-8")
+    _, changed = run_ingest(cfg)
+    assert changed.parts_done == 1 and run.part_fingerprint("ingest", last_batch) is not None
+    assert changed.rejected == {} and changed.rows_out == first.rows_out + 1
+    assert json.loads(stats_path.read_text())["duplicate_rows"] == []
+
+    stats_path.unlink()  # a missing statistics file is written again
+    run_ingest(cfg)
+    assert json.loads(stats_path.read_text())["clips"] == changed.rows_out
+
+
 @pytest.mark.parametrize("fmt,subtype,ext", [("WAV", "PCM_16", "wav"), ("FLAC", "PCM_16", "flac"),
                                              ("OGG", "VORBIS", "ogg"), ("MP3", "MPEG_LAYER_III", "mp3")])
 def test_windows_decode_only_their_span_of_a_longer_file(tmp_path, fmt, subtype, ext):

@@ -157,3 +157,43 @@ def test_the_tiny_model_starts_at_matched_input_scales(digit_dataset: Path, tmp_
     assert 0.2 < float(stem.norm(dim=1).mean()) / float(positions.norm(dim=1).mean()) < 5
     assert 0.5 < float(audio.norm(dim=-1).mean()) / text_norm < 2
     recipe.cleanup()
+
+
+def test_random_weights_build_a_model_folder_without_weights_and_train(digit_dataset: Path, tmp_path: Path) -> None:
+    tiny = FinetuneRecipe(tiny_config(digit_dataset, tmp_path, "shape"))
+    tiny.setup()
+    model_dir = tmp_path / "architecture-only"
+    tiny.processor.save_pretrained(model_dir)
+    tiny.accelerator.unwrap_model(tiny.model).config.save_pretrained(model_dir)
+    expected_parameters = sum(p.numel() for p in tiny.model.parameters())
+    tiny.cleanup()
+    assert not list(model_dir.glob("*.safetensors")) and not list(model_dir.glob("*.bin"))
+
+    cfg = tiny_config(digit_dataset, tmp_path, "random", model={"name_or_path": str(model_dir), "tiny": None,
+                                                                 "random_weights": True},
+                      train={"max_steps": 2, "grad_accum_steps": 1})
+    recipe = FinetuneRecipe(cfg)
+    recipe.setup()
+    assert sum(p.numel() for p in recipe.model.parameters()) == expected_parameters
+    metrics = recipe._train_step()
+    recipe.cleanup()
+    assert metrics["input_tokens"] == sum(recipe.window_lengths) > metrics["answer_tokens"] > 0
+    assert len(recipe.window_lengths) == metrics["samples"] == 4
+    with pytest.raises(ValueError, match="random_weights applies to model.name_or_path"):
+        tiny_config(digit_dataset, tmp_path, model={**cfg.model.model_dump(), "name_or_path": None,
+                                                    "tiny": tiny.cfg.model.tiny.model_dump()})
+
+
+def test_mel_features_are_computed_on_the_training_device(digit_dataset: Path, tmp_path: Path) -> None:
+    from cotaforge.train.data import SampleEncoder
+
+    recipe = FinetuneRecipe(tiny_config(digit_dataset, tmp_path))
+    recipe.setup()
+    recipe.cleanup()
+    assert recipe.encoder.feature_device == str(recipe.accelerator.device)
+    samples = np.zeros(8000, dtype=np.float32)
+    on_cpu = SampleEncoder(recipe.processor, 512).encode_prompt(samples, "What is heard?")
+    assert on_cpu["input_features"].shape[-1] == recipe.processor.feature_extractor.nb_max_frames
+    if not torch.cuda.is_available():  # the device reaches the feature extractor: one that doesn't exist fails
+        with pytest.raises((RuntimeError, AssertionError)):
+            SampleEncoder(recipe.processor, 512, feature_device="cuda").encode_prompt(samples, "What is heard?")

@@ -206,10 +206,15 @@ def cell_name(cell_key: str) -> tuple[str, str]:
     return cls, style
 
 
+def batch_fingerprint(run: RunDir, cfg: RunConfig, batch: int, plan: dict) -> str:
+    """What `balance/part-<batch>` must be made from; a part that stores another fingerprint is redone."""
+    return fingerprint(STAGE, plan["fingerprint"], run.part_fingerprint("validate", batch))
+
+
 def balance_batch(run: RunDir, cfg: RunConfig, batch: int, plan: dict) -> StageReport:
     """Keep the rows of `validate/part-<batch>` the plan selects, in `balance/part-<batch>.parquet`."""
     started = time.perf_counter()
-    fp = fingerprint(STAGE, plan["fingerprint"], run.part_fingerprint("validate", batch))
+    fp = batch_fingerprint(run, cfg, batch, plan)
     if run.part_fingerprint(STAGE, batch) == fp:
         report = run.stored_report(STAGE, batch)
         progress.advance(STAGE, report.rows_in)

@@ -24,7 +24,7 @@ from cotaforge.scenes import events_from_json
 from cotaforge.stages.ingest import load_run_stats, read_clips
 from cotaforge.store import CAPTION_SCHEMA, RunDir, fingerprint
 from cotaforge.teacher.base import CaptionRequest, Teacher, TeacherFailure
-from cotaforge.teacher.build import build_teacher
+from cotaforge.teacher.build import build_teacher, teacher_fingerprint
 
 STAGE = "caption"
 STAGE_VERSION = 2  # 2: scenes are captioned by their timeline
@@ -87,22 +87,29 @@ def facts_caption(clip: dict, fields: list[str], seed: int, bank_stem: str) -> s
     return text
 
 
+def batch_fingerprint(run: RunDir, cfg: RunConfig, batch: int) -> str:
+    """What `caption/part-<batch>` must be made from; a part that stores another fingerprint is redone."""
+    stats = load_run_stats(run)
+    # The batch's clips are its ingested clips plus the scenes compose built for it.
+    upstream = [run.part_fingerprint("ingest", batch), run.part_fingerprint("compose", batch)]
+    teacher = [teacher_fingerprint(cfg, STAGE)] if cfg.caption.mode != "facts" else []
+    return fingerprint(STAGE, STAGE_VERSION, cfg.section_hash("caption"), cfg.run.seed, upstream,
+                       prompt_fingerprint([caption_prompt(cfg)]),
+                       stable_hash([grounding_fields(stats, cfg), stats["duplicate_rows"]]), *teacher)
+
+
 def caption_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
     """Caption one batch of clips into `caption/part-<batch>.parquet`; skip it if already done."""
     started = time.perf_counter()
     mode = cfg.caption.mode
-    stats = load_run_stats(run)
-    fields = grounding_fields(stats, cfg)
-    # The batch's clips are its ingested clips plus the scenes compose built for it.
-    upstream = [run.part_fingerprint("ingest", batch), run.part_fingerprint("compose", batch)]
-    teacher = build_teacher(cfg, STAGE) if mode != "facts" else None
-    fp = fingerprint(STAGE, STAGE_VERSION, cfg.section_hash("caption"), cfg.run.seed, upstream,
-                     prompt_fingerprint([caption_prompt(cfg)]),
-                     stable_hash([fields, stats["duplicate_rows"]]), *([teacher.fingerprint()] if teacher else []))
+    fp = batch_fingerprint(run, cfg, batch)
     if run.part_fingerprint(STAGE, batch) == fp:
         report = run.stored_report(STAGE, batch)
         progress.advance(STAGE, report.rows_in)
         return report
+    stats = load_run_stats(run)
+    fields = grounding_fields(stats, cfg)
+    teacher = build_teacher(cfg, STAGE) if mode != "facts" else None
     clips = read_clips(run, batch, stats, with_audio=mode == "audio_llm").to_pylist()
     if teacher is None:
         rows = [{"clip_id": clip["clip_id"], "mode": "facts", "prompt_version": cfg.caption.prompt,

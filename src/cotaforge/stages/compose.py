@@ -693,6 +693,11 @@ def render_scene(scene: dict, audio: dict[int, np.ndarray], meta: dict[int, dict
     }
 
 
+def batch_fingerprint(run: RunDir, cfg: RunConfig, batch: int) -> str:
+    """What `compose/part-<batch>` must be made from; a part that stores another fingerprint is redone."""
+    return fingerprint(STAGE, STAGE_VERSION, _load_plan(run)["fingerprint"], batch)
+
+
 def compose_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
     """Render the batch's planned scenes into `compose/part-<batch>.parquet`; skip it if already done.
 
@@ -700,9 +705,8 @@ def compose_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
     checked it) becomes a reject row with that reason.
     """
     started = time.perf_counter()
-    plan = _load_plan(run)
     scenes = planned_scenes(run, batch)
-    fp = fingerprint(STAGE, STAGE_VERSION, plan["fingerprint"], batch)
+    fp = batch_fingerprint(run, cfg, batch)
     if run.part_fingerprint(STAGE, batch) == fp:
         progress.advance(STAGE, len(scenes))
         return run.stored_report(STAGE, batch)

@@ -38,6 +38,7 @@ from cotaforge.stages.ingest import load_run_stats, read_clips
 from cotaforge.store import SAMPLE_SCHEMA, RunDir, fingerprint, json_dumps
 from cotaforge.teacher.base import CotRequest, QuestionRequest, Teacher, TeacherFailure
 from cotaforge.teacher.build import build_teacher as _build_teacher
+from cotaforge.teacher.build import teacher_fingerprint
 from cotaforge.textnorm import normalize_text
 
 STAGE = "expand"
@@ -380,21 +381,28 @@ def _sample_row(item: Planned, stages: dict[str, str], teacher_info: dict) -> di
     }
 
 
+def batch_fingerprint(run: RunDir, cfg: RunConfig, batch: int) -> str:
+    """What `expand/part-<batch>` must be made from; a part that stores another fingerprint is redone."""
+    stats = load_run_stats(run)
+    stats_key = {k: stats[k] for k in ("classes_by_dataset", "metadata_values", "fact_medians", "classes")}
+    return fingerprint(STAGE, STAGE_VERSION, SCHEMA_VERSION, cfg.section_hash("expand"), cfg.run.seed,
+                       teacher_fingerprint(cfg, STAGE), prompt_fingerprint([cfg.expand.question_bank]),
+                       run.part_fingerprint("caption", batch), stable_hash([stats_key, grounding_fields(stats, cfg)]),
+                       target_snr_db(cfg))
+
+
 def expand_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
     """Write one batch's samples into `expand/part-<batch>.parquet`; skip it if already done."""
     started = time.perf_counter()
-    stats = load_run_stats(run)
-    teacher = build_teacher(cfg)
-    bank = load_bank(cfg.expand.question_bank, QUESTION_PLACEHOLDERS)
-    fields = grounding_fields(stats, cfg)
-    stats_key = {k: stats[k] for k in ("classes_by_dataset", "metadata_values", "fact_medians", "classes")}
-    fp = fingerprint(STAGE, STAGE_VERSION, SCHEMA_VERSION, cfg.section_hash("expand"), cfg.run.seed,
-                     teacher.fingerprint(), prompt_fingerprint([cfg.expand.question_bank]),
-                     run.part_fingerprint("caption", batch), stable_hash([stats_key, fields]), target_snr_db(cfg))
+    fp = batch_fingerprint(run, cfg, batch)
     if run.part_fingerprint(STAGE, batch) == fp:
         report = run.stored_report(STAGE, batch)
         progress.advance(STAGE, report.rows_in)
         return report
+    stats = load_run_stats(run)
+    teacher = build_teacher(cfg)
+    bank = load_bank(cfg.expand.question_bank, QUESTION_PLACEHOLDERS)
+    fields = grounding_fields(stats, cfg)
     clips = read_clips(run, batch, stats).to_pylist()
     captions = dict(zip(*(run.read_part("caption", batch, ["clip_id", "text"])[c].to_pylist()
                           for c in ("clip_id", "text"))))

@@ -27,7 +27,7 @@ from cotaforge.audio import (SEGMENT_END_TOLERANCE_S, AudioDecodeError, DecodedA
                              decode_audio, rms_dbfs, to_pcm16, wav_bytes)
 from cotaforge.config import RunConfig, stable_hash
 from cotaforge.describe import display_label
-from cotaforge.manifest import ManifestRow, frame_to_rows, read_inputs, rows_to_frame
+from cotaforge.manifest import ManifestRow, read_inputs, rows_to_frame, table_to_rows
 from cotaforge.models import SAMPLE_RATE_HZ, Rejection, StageReport, merge_reports, count_reasons
 from cotaforge.scenes import Event, events_to_json
 from cotaforge.location import location
@@ -86,7 +86,7 @@ def _batch_rows(run: RunDir, cfg: RunConfig, batch: int) -> list[ManifestRow]:
     table = _manifest_table(str(run.manifest_path), tuple(_file_stamp(str(run.manifest_path))))
     rows = table.filter(pc.and_(pc.greater_equal(table["row_index"], start),
                                 pc.less(table["row_index"], start + cfg.run.batch_size)))
-    return frame_to_rows(rows.to_pandas())
+    return table_to_rows(rows)
 
 
 @functools.lru_cache(maxsize=1)
@@ -105,10 +105,16 @@ def _file_stamp(path: str) -> list[int]:
         return [-1, -1]
 
 
-def batch_fingerprint(cfg: RunConfig, rows: list[ManifestRow]) -> str:
+def rows_fingerprint(cfg: RunConfig, rows: list[ManifestRow]) -> str:
     # The files' size and mtime are included so a replaced recording is ingested again.
     content = [(r.__dict__, _file_stamp(r.resolved_path)) for r in rows]
     return fingerprint(STAGE, STAGE_VERSION, cfg.section_hash("ingest", "inputs"), stable_hash(content))
+
+
+def batch_fingerprint(run: RunDir, cfg: RunConfig, batch: int) -> str:
+    """What `ingest/part-<batch>` must be made from (its manifest rows, their files' size and time); a part
+    that stores another fingerprint is redone."""
+    return rows_fingerprint(cfg, _batch_rows(run, cfg, batch))
 
 
 def _reject(row: ManifestRow, reason: str, message: str, clip_id: str = "") -> Rejection:
@@ -190,7 +196,7 @@ def ingest_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
     """Decode one batch of manifest rows into `ingest/part-<batch>.parquet`; skip it if already done."""
     started = time.perf_counter()
     rows = _batch_rows(run, cfg, batch)
-    fp = batch_fingerprint(cfg, rows)
+    fp = rows_fingerprint(cfg, rows)
     if run.part_fingerprint(STAGE, batch) == fp:
         progress.advance(STAGE, len(rows))
         return run.stored_report(STAGE, batch)
@@ -220,7 +226,24 @@ def _report(rows_in: int, rows_out: int, rejects: list[Rejection], started: floa
 
 
 def finalize_ingest(run: RunDir, cfg: RunConfig) -> StageReport:
-    """Remove duplicates across batches and write the run-level statistics later stages ground on."""
+    """Remove duplicates across batches and write the run-level statistics later stages ground on; when no part
+    and no manifest note changed since the last time, the files it wrote stand and its report is returned."""
+    manifest_metadata = read_schema(run.manifest_path).metadata or {}
+    parts = [run.part_fingerprint(STAGE, batch) for batch in range(run.batch_count())]
+    fp = fingerprint(STAGE, "finalize", STAGE_VERSION, parts, manifest_metadata.get(b"cotaforge.notes", b"").decode(),
+                     manifest_metadata.get(b"cotaforge.provenance", b"").decode())
+    done_path = run.stage_dir(STAGE) / "finalize.json"
+    if (done_path.exists() and (run.stage_dir(STAGE) / "run_stats.json").exists()
+            and run.rejects_path(STAGE, "duplicates").exists()):
+        done = json.loads(done_path.read_text(encoding="utf-8"))
+        if done.get("fingerprint") == fp:
+            return StageReport.model_validate(done["report"])
+    report = _deduplicate_and_count(run, manifest_metadata)
+    write_text_atomic(done_path, json.dumps({"fingerprint": fp, "report": report.model_dump(mode="json")}))
+    return report
+
+
+def _deduplicate_and_count(run: RunDir, manifest_metadata: dict[bytes, bytes]) -> StageReport:
     columns = ["clip_id", "row_index", "manifest_row", "source_path", "source_dataset", "labels", "class_label",
                "metadata", "group_id", "facts"]
     tables = [run.read_part(STAGE, b, columns) for b in range(run.batch_count())]
@@ -239,7 +262,6 @@ def finalize_ingest(run: RunDir, cfg: RunConfig) -> StageReport:
             first_row[clip_id] = (row_index, manifest_row)
     write_rejects(run.rejects_path(STAGE, "duplicates"), duplicates)
     kept = index.filter(pc.invert(pc.is_in(index["row_index"], pa.array(duplicate_rows, pa.int64()))))
-    manifest_metadata = read_schema(run.manifest_path).metadata or {}
     provenance = json.loads(manifest_metadata.get(b"cotaforge.provenance", b"{}"))
     stats = _run_stats(kept, duplicate_rows, provenance)
     write_text_atomic(run.stage_dir(STAGE) / "run_stats.json", json.dumps(stats, indent=1, sort_keys=True))

@@ -36,7 +36,7 @@ from cotaforge.models import COT_STAGES, Rejection, Sample, StageReport, count_r
 from cotaforge.stages.ingest import load_run_stats, read_clips
 from cotaforge.store import SAMPLE_SCHEMA, RunDir, fingerprint, json_dumps
 from cotaforge.teacher.base import JudgeRequest, Teacher, TeacherFailure
-from cotaforge.teacher.build import build_teacher
+from cotaforge.teacher.build import build_teacher, teacher_fingerprint
 from cotaforge.textnorm import text_problems
 from cotaforge.claims import ClipClaims, Reading, read
 from cotaforge.scene_questions import (DEFAULT_TARGET_SNR_DB, TARGET_OF_FORM, YES_NO_FORMS, answer_for, form_of,
@@ -380,17 +380,22 @@ def judge_samples(samples: list[dict], captions: dict[str, str], clips: dict[str
     return kept, rejects
 
 
+def batch_fingerprint(run: RunDir, cfg: RunConfig, batch: int) -> str:
+    """What `validate/part-<batch>` must be made from; a part that stores another fingerprint is redone."""
+    judge = [teacher_fingerprint(cfg, STAGE), run.part_fingerprint("caption", batch)] if cfg.validate_.judge else []
+    return fingerprint(STAGE, STAGE_VERSION, cfg.section_hash("validate"), run.part_fingerprint("expand", batch),
+                       target_snr_db(cfg), *judge)
+
+
 def validate_batch(run: RunDir, cfg: RunConfig, batch: int) -> StageReport:
     """Validate one batch into `validate/part-<batch>.parquet`; skip it if already done."""
     started = time.perf_counter()
-    teacher = build_teacher(cfg, STAGE) if cfg.validate_.judge else None
-    fp = fingerprint(STAGE, STAGE_VERSION, cfg.section_hash("validate"), run.part_fingerprint("expand", batch),
-                     target_snr_db(cfg),
-                     *([teacher.fingerprint(), run.part_fingerprint("caption", batch)] if teacher else []))
+    fp = batch_fingerprint(run, cfg, batch)
     if run.part_fingerprint(STAGE, batch) == fp:
         report = run.stored_report(STAGE, batch)
         progress.advance(STAGE, report.rows_in)
         return report
+    teacher = build_teacher(cfg, STAGE) if cfg.validate_.judge else None
     stats = load_run_stats(run)
     clips = {c["clip_id"]: c for c in read_clips(run, batch, stats).to_pylist()}
     table = run.read_part("expand", batch)

@@ -23,3 +23,18 @@ def build_teacher(cfg: RunConfig, stage: str) -> Teacher:
     from cotaforge.teacher.offline import VLLMEngine
 
     return LLMTeacher(cfg, stage, VLLMEngine.shared(cfg), backend)
+
+
+def teacher_fingerprint(cfg: RunConfig, stage: str) -> str:
+    """`build_teacher(cfg, stage).fingerprint()` without an engine: no server is contacted, no model is loaded.
+
+    The fingerprint depends on the config alone, so the pipeline can tell which parts are current before it
+    sends any batch to a worker.
+    """
+    if cfg.teacher.backend == "template":
+        from cotaforge.teacher.template import TemplateTeacher
+
+        return TemplateTeacher(cfg.expand.cot_bank).fingerprint()
+    from cotaforge.teacher.llm import LLMTeacher
+
+    return LLMTeacher(cfg, stage, engine=None, backend=cfg.teacher.backend).fingerprint()

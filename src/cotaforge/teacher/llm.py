@@ -341,7 +341,7 @@ def audio_part(wav: bytes) -> dict[str, Any]:
 class LLMTeacher(Teacher):
     """Writes captions, questions, chains of thought and verdicts through an Engine."""
 
-    def __init__(self, cfg: RunConfig, stage: str, engine: Engine, backend: str) -> None:
+    def __init__(self, cfg: RunConfig, stage: str, engine: "Engine | None", backend: str) -> None:
         super().__init__()
         self.backend = backend
         self.model = cfg.teacher.model

@@ -59,11 +59,18 @@ class ModelSection(_Section):
     freeze_audio_encoder: bool = False
     gradient_checkpointing: bool = False
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    random_weights: bool = Field(
+        default=False,
+        description="build name_or_path's architecture from its config.json with random weights, on the GPU when "
+                    "there is one: to size hardware and measure throughput without downloading the weights",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSection":
         if (self.name_or_path is None) == (self.tiny is None):
             raise ValueError("set exactly one of model.name_or_path and model.tiny")
+        if self.random_weights and self.tiny is not None:
+            raise ValueError("model.random_weights applies to model.name_or_path; a tiny model is always random")
         return self
 
 

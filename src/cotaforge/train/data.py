@@ -125,9 +125,12 @@ class EncodedSample:
 class SampleEncoder:
     """Turns a row into an `EncodedSample` with the model's processor (prompt by its chat template)."""
 
-    def __init__(self, processor: Any, max_tokens: int) -> None:
+    def __init__(self, processor: Any, max_tokens: int, feature_device: str = "cpu") -> None:
         self.processor = processor
         self.max_tokens = max_tokens
+        # Mel features of a 30 s window cost about 20 ms of CPU each, which would stall a GPU's training step;
+        # on the GPU they take well under a millisecond.
+        self.feature_device = feature_device
         feature_extractor = processor.feature_extractor
         self.window_samples = int(feature_extractor.n_samples)
         self.end_of_turn_id = processor.tokenizer.convert_tokens_to_ids(END_OF_TURN)
@@ -142,7 +145,7 @@ class SampleEncoder:
         """The processor's output for the prompt: ids with expanded audio tokens, mel features and mask."""
         samples = samples[: self.window_samples]  # the encoder sees one window; a longer clip is cut
         return self.processor(text=[self.prompt_text(user_text)], audio=[samples],
-                              sampling_rate=SAMPLE_RATE_HZ, return_tensors="np")
+                              sampling_rate=SAMPLE_RATE_HZ, return_tensors="np", device=self.feature_device)
 
     def encode(self, samples: np.ndarray, user_text: str, assistant_text: str) -> EncodedSample | None:
         """Prompt plus assistant answer; None when longer than `max_tokens` (the caller counts it)."""

@@ -392,9 +392,9 @@ class Evaluator:
         self.processor = processor
         self.max_new_tokens = max_new_tokens
         # Prompts only: no answer length limit applies when encoding them.
-        self.encoder = SampleEncoder(processor, max_tokens=10**9)
-        self.pad_id = processor.tokenizer.pad_token_id
         self.device = next(model.parameters()).device
+        self.encoder = SampleEncoder(processor, max_tokens=10**9, feature_device=str(self.device))
+        self.pad_id = processor.tokenizer.pad_token_id
 
     def _prompt(self, item: EvalItem) -> EncodedSample:
         encoded = self.encoder.encode_prompt(item.samples, render_user_text(item.question, item.options))

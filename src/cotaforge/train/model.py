@@ -43,6 +43,8 @@ def load_model_for_training(cfg: FinetuneConfig, processor: Any) -> Any:
 
     if cfg.model.tiny is not None:
         model = build_tiny_model(processor, cfg.model.tiny, cfg.model.attn_implementation)
+    elif cfg.model.random_weights:
+        model = _random_model(cfg)
     else:
         model = Qwen2AudioForConditionalGeneration.from_pretrained(
             cfg.model.name_or_path, dtype=_dtype(cfg.model.load_dtype),
@@ -59,6 +61,19 @@ def load_model_for_training(cfg: FinetuneConfig, processor: Any) -> Any:
     total = sum(p.numel() for p in model.parameters())
     logger.info("parameters: %d trainable of %d (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
     return model
+
+
+def _random_model(cfg: FinetuneConfig) -> Any:
+    """name_or_path's architecture with random weights, built straight on this process's GPU when there is one."""
+    import torch
+    from transformers import AutoConfig, Qwen2AudioForConditionalGeneration
+
+    config = AutoConfig.from_pretrained(cfg.model.name_or_path)
+    # Initialising billions of weights on the CPU takes minutes; on the GPU, seconds.
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    with device:
+        return Qwen2AudioForConditionalGeneration._from_config(
+            config, dtype=_dtype(cfg.model.load_dtype), attn_implementation=cfg.model.attn_implementation)
 
 
 def _add_lora(model: Any, cfg: FinetuneConfig) -> Any:

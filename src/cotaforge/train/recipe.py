@@ -92,6 +92,7 @@ class FinetuneRecipe:
         self.step = 0
         self.seconds = 0.0
         self.last_loss: float | None = None
+        self.window_lengths: list[int] = []
 
     # -- setup -------------------------------------------------------------------------------------------
     def setup(self, resume: bool = True) -> None:
@@ -121,7 +122,7 @@ class FinetuneRecipe:
                 (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
         set_seed(cfg.train.seed)
         self.processor = load_processor_for_training(cfg)
-        self.encoder = SampleEncoder(self.processor, cfg.data.max_tokens)
+        self.encoder = SampleEncoder(self.processor, cfg.data.max_tokens, feature_device=str(self.accelerator.device))
         self.pad_id = self.processor.tokenizer.pad_token_id
         self.response_ids = self.processor.tokenizer("<RESPONSE>", add_special_tokens=False)["input_ids"]
         model = load_model_for_training(cfg, self.processor)
@@ -224,6 +225,9 @@ class FinetuneRecipe:
         # Normalising by the whole window's tokens (or samples) makes accumulation equal one large batch.
         window_tokens = sum(int(answer_tokens(batch["labels"]).sum()) for batch in window)
         window_samples = sum(int((answer_tokens(batch["labels"]) > 0).sum()) for batch in window)
+        # Input tokens (audio positions too) per sample of this step, for throughput accounting.
+        self.window_lengths = [int(n) for batch in window for n in batch["attention_mask"].sum(dim=1)]
+        window_input_tokens = sum(self.window_lengths)
         token_loss = sample_loss = 0.0
         for index, batch in enumerate(window):
             batch = {key: value.to(self.accelerator.device) for key, value in batch.items()}
@@ -249,7 +253,7 @@ class FinetuneRecipe:
         if not math.isfinite(loss_value):
             raise ValueError(f"the loss is {loss_value} at step {self.step + 1}: lower train.learning_rate")
         return {"loss": loss_value, "loss_per_token": token_loss, "loss_per_sample": sample_loss,
-                "answer_tokens": window_tokens, "samples": window_samples}
+                "answer_tokens": window_tokens, "input_tokens": window_input_tokens, "samples": window_samples}
 
     def validation_loss(self) -> dict[str, float]:
         """Mean answer loss on the validation split, averaged per token and per sample (no RNG is used)."""
