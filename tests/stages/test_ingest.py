@@ -64,10 +64,16 @@ def test_clip_rows_hold_content_hash_group_and_wav(tmp_path, small_config):
     assert stats["classes_by_dataset"][first["source_dataset"]] == ["four", "one", "three", "two"]
 
 
+def _doubled_manifest(manifest):
+    """`manifest` with its first clip again at the end (in the last batch); its path and the original lines."""
+    text = manifest.read_text(encoding="utf-8").splitlines()
+    doubled = manifest.parent / "doubled.csv"
+    doubled.write_text("\n".join(text + [text[1]]) + "\n", encoding="utf-8")
+    return doubled, text
+
+
 def test_duplicates_across_batches_are_rejected_once(tmp_path, digits_manifest):
-    text = digits_manifest.read_text(encoding="utf-8").splitlines()
-    doubled = digits_manifest.parent / "doubled.csv"
-    doubled.write_text("\n".join(text + [text[1]]) + "\n", encoding="utf-8")  # first clip again, in the last batch
+    doubled, text = _doubled_manifest(digits_manifest)
     cfg = make_config(tmp_path / "out", [doubled])
     run, report = run_ingest(cfg)
     assert report.rejected == {"duplicate": 1}
@@ -106,9 +112,7 @@ def test_rerun_skips_every_batch(tmp_path, small_config):
 
 
 def test_deduplication_runs_again_only_when_a_part_changed(tmp_path, digits_manifest):
-    text = digits_manifest.read_text(encoding="utf-8").splitlines()
-    doubled = digits_manifest.parent / "doubled.csv"
-    doubled.write_text("\n".join(text + [text[1]]) + "\n", encoding="utf-8")  # first clip again, in the last batch
+    doubled, text = _doubled_manifest(digits_manifest)
     cfg = make_config(tmp_path / "out", [doubled])
     run, first = run_ingest(cfg)
     stats_path = run.stage_dir("ingest") / "run_stats.json"
