@@ -24,6 +24,8 @@ COT_PLACEHOLDERS = frozenset({
     "brightness_word", "pitch_phrase", "texture_phrase", "onsets_phrase", "answer_text", "answer_text_cap",
     "candidate", "letter", "options_list", "others", "n_options", "more", "less", "reference", "measured",
     "field", "quantity",
+    # v3: the options one per line as the user turn shows them, the check list, the heard sound unquoted
+    "options_lines", "option_checks", "heard",
     # scene sentences (v2 on)
     "x", "y", "ans", "n", "onset", "desc", "cls", "length_word", "loud_word", "where", "count_phrase", "listing",
     "listing_cap", "class_listing", "tx", "ty", "x_end", "t_ans", "t_next", "next", "prev", "t_prev_end",
@@ -36,6 +38,15 @@ def _join(items: list[str]) -> str:
     if len(items) <= 1:
         return "".join(items)
     return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _option_checks(options: list[str], correct: int) -> str:
+    """The options as the user turn lists them, each with its verdict, down to the correct one ('B. dog: yes').
+
+    The list stops at the match, so the answer's letter is the last one written before the decision.
+    """
+    return "\n".join(f"{option_letter(i)}. {text}: {'yes' if i == correct else 'no'}"
+                     for i, text in enumerate(options[: correct + 1]))
 
 
 class TemplateTeacher(Teacher):
@@ -64,6 +75,10 @@ class TemplateTeacher(Teacher):
             answer_text=req.answer_text, answer_text_cap=req.answer_text[:1].upper() + req.answer_text[1:],
             candidate=f'"{req.asked_value}"' if req.asked_value else "", letter=req.answer if req.options else "",
             options_list=_join(letters), n_options=str(len(req.options)),
+            # One line per option, as the user turn shows them ('A. text'), so a model copies them verbatim.
+            options_lines="\n".join(f"{option_letter(i)}. {text}" for i, text in enumerate(req.options)),
+            option_checks=_option_checks(req.options, correct),
+            heard=req.answer_text.strip('"'),
             others=_join([f"{option_letter(i)} ({t})" for i, t in enumerate(req.options) if i != correct]),
             field=req.field_name, **{k: str(v) for k, v in req.grounding.items()},
         )
