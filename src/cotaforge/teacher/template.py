@@ -26,6 +26,8 @@ COT_PLACEHOLDERS = frozenset({
     "field", "quantity",
     # v3: the options one per line as the user turn shows them, the check list, the heard sound unquoted
     "options_lines", "option_checks", "heard",
+    # v4: the check list with each option copied, then quoted; the asked sound unquoted
+    "quoted_option_checks", "asked",
     # scene sentences (v2 on)
     "x", "y", "ans", "n", "onset", "desc", "cls", "length_word", "loud_word", "where", "count_phrase", "listing",
     "listing_cap", "class_listing", "tx", "ty", "x_end", "t_ans", "t_next", "next", "prev", "t_prev_end",
@@ -40,13 +42,19 @@ def _join(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _option_checks(options: list[str], correct: int) -> str:
+def _option_checks(options: list[str], correct: int, quote: bool = False) -> str:
     """The options as the user turn lists them, each with its verdict, down to the correct one ('B. dog: yes').
 
-    The list stops at the match, so the answer's letter is the last one written before the decision.
+    The list stops at the match, so the answer's letter is the last one written before the decision. With
+    `quote`, each option's text is repeated in quotes before its verdict ('B. dog ("dog"): yes'): the line
+    starts as a verbatim copy of the user turn's, and the quoted words are tokens the user turn never shows
+    (a quoted `dog` is not ` dog`), so the option whose quoted words were already written is the heard one.
     """
-    return "\n".join(f"{option_letter(i)}. {text}: {'yes' if i == correct else 'no'}"
-                     for i, text in enumerate(options[: correct + 1]))
+    def line(i: int, text: str) -> str:
+        shown = f'{text} ("{text}")' if quote else text
+        return f"{option_letter(i)}. {shown}: {'yes' if i == correct else 'no'}"
+
+    return "\n".join(line(i, text) for i, text in enumerate(options[: correct + 1]))
 
 
 class TemplateTeacher(Teacher):
@@ -78,6 +86,7 @@ class TemplateTeacher(Teacher):
             # One line per option, as the user turn shows them ('A. text'), so a model copies them verbatim.
             options_lines="\n".join(f"{option_letter(i)}. {text}" for i, text in enumerate(req.options)),
             option_checks=_option_checks(req.options, correct),
+            quoted_option_checks=_option_checks(req.options, correct, quote=True), asked=req.asked_value,
             heard=req.answer_text.strip('"'),
             others=_join([f"{option_letter(i)} ({t})" for i, t in enumerate(req.options) if i != correct]),
             field=req.field_name, **{k: str(v) for k, v in req.grounding.items()},
