@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 import math
+import string
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cotaforge.cot import option_letter
 from cotaforge.models import COT_STAGES, SAMPLE_RATE_HZ, SYSTEM_PROMPT
 from cotaforge.train.data import iter_rows, render_user_text, split_shards
 
@@ -39,6 +41,11 @@ def cot_tags() -> list[str]:
     for stage in COT_STAGES:
         tags += [f"<{stage.upper()}>", f"</{stage.upper()}>"]
     return tags
+
+
+def option_markers() -> list[str]:
+    """The start of each option line of a user turn, as `render_user_text` writes it: '\\nA.', '\\nB.', ..."""
+    return [f"\n{option_letter(index)}." for index in range(len(string.ascii_uppercase))]
 
 
 def train_texts(dataset_dir: Path, split: str) -> Iterable[str]:
@@ -62,6 +69,10 @@ def build_tiny_processor(texts: Iterable[str], cfg: "TinyModelSection") -> Any:
     tokenizer.train_from_iterator(texts, trainer)
     # The tags are plain (not special) tokens so decoding keeps them, as it does with Qwen's own tokenizer.
     tokenizer.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in cot_tags()])
+    # An option line's letter and full stop are one token, so the option after a marker is found by that
+    # marker alone; split ('B', '.'), a copy of option B must match two tokens back, which a four-layer
+    # decoder learns in some runs only.
+    tokenizer.add_tokens([AddedToken(marker, special=False, normalized=False) for marker in option_markers()])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",
