@@ -139,6 +139,14 @@ def test_config_errors_say_what_to_change(digit_dataset: Path, tmp_path: Path) -
         load_finetune_config(tmp_path / "missing.yaml")
 
 
+@pytest.mark.parametrize("name", ["tiny-cpu", "tiny-tones", "qwen2-audio-7b-lora", "qwen2-audio-7b-full"])
+def test_the_shipped_configs_load(name: str) -> None:
+    from cotaforge.train.config import load_finetune_config
+
+    cfg = load_finetune_config(Path(__file__).resolve().parents[2] / "configs" / "finetune" / f"{name}.yaml")
+    assert cfg.run_name == name
+
+
 def test_the_tiny_model_starts_at_matched_input_scales(digit_dataset: Path, tmp_path: Path) -> None:
     from transformers.models.whisper.modeling_whisper import sinusoids
 
