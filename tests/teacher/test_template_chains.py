@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cotaforge.cot import render_user_text
+from cotaforge.cot import render_assistant_text, render_user_text
 from cotaforge.teacher.base import CotRequest
 from cotaforge.teacher.template import TemplateTeacher
 from cotaforge.train.config import TinyModelSection
@@ -80,6 +80,29 @@ def test_v4_copies_each_option_then_quotes_it_so_only_the_heard_one_repeats_toke
         assert tokenizer.decode([quoted_word]) == option.split()[0]
         assert quoted_word not in user_ids
         assert (quoted_word in heard_ids) == (option == "low tone")
+
+
+def test_the_tiny_tokenizer_keeps_each_option_line_start_as_one_token_the_check_lines_repeat():
+    # So the model copies an option by matching the token just before it.
+    cot = _write("multiple_choice", "C", options=OPTIONS, bank="cot_template.v4")
+    stages = {"planning": cot.planning, "caption": cot.caption, "reasoning": cot.reasoning,
+              "summary": cot.summary, "response": cot.response}
+    user, assistant = render_user_text("Which sound?", OPTIONS), render_assistant_text(stages)
+    tokenizer = build_tiny_processor([user, assistant] * 20, TinyModelSection()).tokenizer
+    user_ids, assistant_ids = tokenizer(user)["input_ids"], tokenizer(assistant)["input_ids"]
+    for letter, option in zip("ABCD", OPTIONS):
+        marker = tokenizer.convert_tokens_to_ids(f"\n{letter}.")
+        assert marker != tokenizer.unk_token_id and user_ids.count(marker) == 1
+        # The token after the marker is the option's first word, in the question and in its check line.
+        after = user_ids[user_ids.index(marker) + 1]
+        assert tokenizer.decode([after]) == " " + option.split()[0]
+    # v4 checks options up to the answer (C): A, B and C each start a check line with the user turn's marker.
+    for letter in "ABC":
+        marker = tokenizer.convert_tokens_to_ids(f"\n{letter}.")
+        assert assistant_ids.count(marker) == 1
+        assert assistant_ids[assistant_ids.index(marker) + 1] == user_ids[user_ids.index(marker) + 1]
+    # The markers change how text splits, never what it decodes to.
+    assert tokenizer.decode(user_ids) == user and tokenizer.decode(assistant_ids) == assistant
 
 
 @pytest.mark.parametrize("asked", ["low tone", "white noise"])

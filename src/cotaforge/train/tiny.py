@@ -18,13 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 import math
-import string
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cotaforge.cot import option_letter
 from cotaforge.models import COT_STAGES, SAMPLE_RATE_HZ, SYSTEM_PROMPT
-from cotaforge.train.data import iter_rows, render_user_text, split_shards
+from cotaforge.train.data import LETTERS, iter_rows, render_user_text, split_shards
 
 if TYPE_CHECKING:
     from cotaforge.train.config import TinyModelSection
@@ -45,7 +43,7 @@ def cot_tags() -> list[str]:
 
 def option_markers() -> list[str]:
     """The start of each option line of a user turn, as `render_user_text` writes it: '\\nA.', '\\nB.', ..."""
-    return [f"\n{option_letter(index)}." for index in range(len(string.ascii_uppercase))]
+    return [f"\n{letter}." for letter in LETTERS]
 
 
 def train_texts(dataset_dir: Path, split: str) -> Iterable[str]:
