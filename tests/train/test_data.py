@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from cotaforge.train.config import AugmentSection
-from cotaforge.train.data import BucketedBatches, EncodedSample, augment_waveform, split_shards
+from cotaforge.train.data import (
+    BucketedBatches,
+    CopyBatches,
+    EncodedSample,
+    augment_waveform,
+    iter_rows,
+    render_user_text,
+    split_shards,
+)
 
 from .factories import write_digit_dataset
 
@@ -108,3 +116,48 @@ def test_response_only_drops_the_think_block_and_keeps_the_prompt() -> None:
     cut = response_only(sample, [7, 8])
     assert cut.input_ids == [1, 2, 3, 7, 8, 60, 61, 99] and cut.prompt_tokens == 3
     assert response_only(sample, [42]) is sample  # no tag: unchanged
+
+
+def _char_tokenizer(text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+    return {"input_ids": [ord(char) for char in text]}
+
+
+def test_copy_batches_repeat_a_user_turn_with_options_with_the_loss_on_the_repeat(sharded_dataset: Path) -> None:
+    pytest.importorskip("torch")
+    from cotaforge.train.data import IGNORE_INDEX, collate
+
+    shards = split_shards(sharded_dataset, "train")
+    rows = list(iter_rows(shards))
+    user_turns = {render_user_text(row["question"], row["options"]) for row in rows if row["options"]}
+    assert any(not row["options"] for row in rows)  # the yes/no turns list no options and are left out
+    copies = CopyBatches(shards, _char_tokenizer, end_of_turn_id=0, batch_size=5, seed=3)
+    assert len(copies.token_ids) == len(user_turns) > 1  # each distinct user turn with options, once
+    batch = copies.batch(step=7)
+    assert len(batch) == 5
+    for sample in batch:
+        text_ids = sample.input_ids[: sample.prompt_tokens - 1]
+        assert "".join(map(chr, text_ids)) in user_turns
+        assert sample.input_ids == text_ids + [0] + text_ids + [0]
+        assert sample.input_features is None
+
+    # A function of (seed, step, micro-batch): a resumed run draws the same batches.
+    again = CopyBatches(shards, _char_tokenizer, end_of_turn_id=0, batch_size=5, seed=3)
+    assert [s.input_ids for s in again.batch(step=7)] == [s.input_ids for s in batch]
+    drawn = {tuple(s.input_ids) for step in range(20) for micro in range(2) for s in copies.batch(step, micro)}
+    assert len(drawn) == len(user_turns)
+
+    collated = collate(batch, pad_id=0)
+    assert "input_features" not in collated  # text only: the model runs without audio
+    first = batch[0]
+    labels = collated["labels"][0].tolist()
+    assert labels[: first.prompt_tokens] == [IGNORE_INDEX] * first.prompt_tokens
+    assert labels[first.prompt_tokens: first.length_tokens] == first.input_ids[first.prompt_tokens:]
+
+
+def test_copy_batches_use_every_user_turn_when_none_lists_options(tmp_path: Path) -> None:
+    root = write_digit_dataset(tmp_path / "digits" / "v1", {"train": ["george"]}, digits=[0, 1], takes=[0, 1],
+                               question_types=("yes_no",), rows_per_shard=8)
+    shards = split_shards(root, "train")
+    user_turns = {render_user_text(row["question"], []) for row in iter_rows(shards)}
+    copies = CopyBatches(shards, _char_tokenizer, end_of_turn_id=0, batch_size=2, seed=0)
+    assert {"".join(map(chr, ids)) for ids in copies.token_ids} == user_turns

@@ -25,16 +25,18 @@ def _final_weights(run_dir: Path) -> dict[str, "torch.Tensor"]:
     return load_file(str(run_dir / "final" / "model.safetensors"))
 
 
-@pytest.mark.parametrize("killed_before_checkpoint", [False, True])
+@pytest.mark.parametrize(("killed_before_checkpoint", "copy_steps"), [(False, 0), (True, 0), (True, 4)])
 def test_stopped_and_resumed_run_equals_uninterrupted_run(digit_dataset: Path, tmp_path: Path,
-                                                         killed_before_checkpoint: bool) -> None:
-    # Dropout, augmentation and several pools per epoch make the RNG and the data position matter.
-    straight = run_finetune(tiny_config(digit_dataset, tmp_path, "straight"))
-    stopped = run_finetune(tiny_config(digit_dataset, tmp_path, "resumed"), stop_at_step=3)
+                                                         killed_before_checkpoint: bool, copy_steps: int) -> None:
+    # Dropout, augmentation and several pools per epoch make the RNG and the data position matter; with a
+    # copy phase the run stops inside it and resumes across its end.
+    train = {"copy_steps": copy_steps}
+    straight = run_finetune(tiny_config(digit_dataset, tmp_path, "straight", train=train))
+    stopped = run_finetune(tiny_config(digit_dataset, tmp_path, "resumed", train=train), stop_at_step=3)
     assert stopped.steps == 3 and stopped.final_dir is None
     if killed_before_checkpoint:  # as if killed after step 3 but before its checkpoint: resume from step 2
         shutil.rmtree(stopped.run_dir / "checkpoints" / "step-0000003")
-    resumed = run_finetune(tiny_config(digit_dataset, tmp_path, "resumed"))
+    resumed = run_finetune(tiny_config(digit_dataset, tmp_path, "resumed", train=train))
     assert resumed.steps == 6
 
     expected, actual = _final_weights(straight.run_dir), _final_weights(resumed.run_dir)
@@ -44,6 +46,20 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(digit_dataset: Path, t
     losses = [[json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
               for run in (straight.run_dir, resumed.run_dir)]
     assert losses[0] == losses[1]
+
+
+def test_the_copy_phase_trains_on_text_and_leaves_the_data_position(digit_dataset: Path, tmp_path: Path) -> None:
+    recipe = FinetuneRecipe(tiny_config(digit_dataset, tmp_path, train={"copy_steps": 2, "max_steps": 3}))
+    recipe.setup()
+    inputs: list[set[str]] = []
+    model_forward = recipe.model.forward
+    recipe.model.forward = lambda **batch: inputs.append(set(batch)) or model_forward(**batch)
+    recipe.train(stop_at_step=2)
+    assert recipe.batches.position.to_dict() == {"epoch": 0, "pool": 0, "batch": 0}
+    assert all("input_features" not in keys for keys in inputs) and len(inputs) == 4  # 2 steps x 2 micro-batches
+    recipe.train()
+    assert recipe.batches.position.batch == 2 and "input_features" in inputs[-1]
+    recipe.cleanup()
 
 
 def test_a_changed_config_refuses_to_resume(digit_dataset: Path, tmp_path: Path) -> None:

@@ -128,6 +128,12 @@ class TrainSection(_Section):
     warmup_steps: int = Field(default=0, ge=0)
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
     max_grad_norm: float | None = Field(default=1.0, gt=0)
+    copy_steps: int = Field(
+        default=0, ge=0, description="curriculum for a decoder trained from scratch: the first N steps train on "
+                                     "text only, the user turn of a train row that lists options and then the "
+                                     "same text again (the "
+                                     "loss on the repeat), so it learns to copy from its context before the "
+                                     "chains ask it to (a multiple-choice check line copies its option)")
     answer_only_steps: int = Field(
         default=0, ge=0, description="curriculum: for the first N steps each sample's THINK block is dropped, so "
                                      "the model first learns to answer from the audio in a few tokens")

@@ -110,12 +110,13 @@ def augment_waveform(samples: np.ndarray, cfg: "AugmentSection", rng: np.random.
 
 @dataclass
 class EncodedSample:
-    """One sample as token ids and audio features; the loss covers ids from `prompt_tokens` on."""
+    """One sample as token ids and audio features (None for a text-only sample); the loss covers ids from
+    `prompt_tokens` on."""
 
     input_ids: list[int]
     prompt_tokens: int
-    input_features: np.ndarray
-    feature_attention_mask: np.ndarray
+    input_features: np.ndarray | None
+    feature_attention_mask: np.ndarray | None
 
     @property
     def length_tokens(self) -> int:
@@ -174,6 +175,7 @@ def collate(samples: Sequence[EncodedSample], pad_id: int, padding_side: str = "
     """Pad a list of samples into model inputs plus `labels` (IGNORE_INDEX outside the answers).
 
     `zero_audio` sets every audio feature to zero: the control that shows what a model learns without hearing.
+    A batch of text-only samples (the copy phase's) has no audio inputs.
     """
     import torch
 
@@ -187,14 +189,42 @@ def collate(samples: Sequence[EncodedSample], pad_id: int, padding_side: str = "
         input_ids[row, start:end] = torch.tensor(sample.input_ids)
         attention_mask[row, start:end] = 1
         labels[row, start + sample.prompt_tokens:end] = torch.tensor(sample.input_ids[sample.prompt_tokens:])
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    if all(sample.input_features is None for sample in samples):
+        return batch
     features = np.stack([sample.input_features for sample in samples])
     return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "labels": labels,
+        **batch,
         "input_features": torch.from_numpy(np.zeros_like(features) if zero_audio else features),
         "feature_attention_mask": torch.from_numpy(np.stack([sample.feature_attention_mask for sample in samples])),
     }
+
+
+class CopyBatches:
+    """The copy phase's micro-batches: text only, a train row's user turn followed by the same text again.
+
+    The loss covers the repeat, so a decoder trained from scratch first learns to copy from its context, which
+    a multiple-choice check line does with its option's text; without audio and with short sequences these
+    steps are cheap. The distinct user turns that list options among the split's first `max_rows` rows are
+    drawn from; a batch is a function of (seed, step, micro-batch), so a resumed run draws the same ones.
+    """
+
+    def __init__(self, shards: Sequence[Path], tokenizer: Any, end_of_turn_id: int, batch_size: int, seed: int,
+                 max_rows: int = 20_000) -> None:
+        rows = list(iter_rows(shards, columns=["question", "options"], max_rows=max_rows))
+        # The copy the chains ask for is of option lines; turns without options are used only when none have any.
+        listed = [row for row in rows if row["options"]] or rows
+        texts = {render_user_text(row["question"], row["options"] or []) for row in listed}
+        self.token_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in sorted(texts)]
+        self.end_of_turn_id = end_of_turn_id
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def batch(self, step: int, micro_batch: int = 0) -> list[EncodedSample]:
+        rng = np.random.default_rng([self.seed, step, micro_batch, 2])
+        chosen = [self.token_ids[int(i)] for i in rng.integers(len(self.token_ids), size=self.batch_size)]
+        return [EncodedSample(ids + [self.end_of_turn_id] + ids + [self.end_of_turn_id], len(ids) + 1, None, None)
+                for ids in chosen]
 
 
 @dataclass

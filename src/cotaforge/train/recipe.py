@@ -28,6 +28,7 @@ import numpy as np
 from cotaforge.train.config import FinetuneConfig
 from cotaforge.train.data import (
     BucketedBatches,
+    CopyBatches,
     DataPosition,
     EncodedSample,
     SampleEncoder,
@@ -133,6 +134,10 @@ class FinetuneRecipe:
             augment=cfg.data.augment.enabled, rank=self.accelerator.process_index,
             world_size=self.accelerator.num_processes,
         )
+        if cfg.train.copy_steps:
+            self.copy_batches = CopyBatches(split_shards(cfg.data.dataset_dir, cfg.data.train_split),
+                                            self.processor.tokenizer, self.encoder.end_of_turn_id,
+                                            cfg.train.batch_size, cfg.train.seed)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
         scheduler = get_scheduler(cfg.train.lr_schedule if cfg.train.lr_schedule != "constant"
@@ -218,8 +223,11 @@ class FinetuneRecipe:
         """One optimizer step over `grad_accum_steps` micro-batches, normalised over the whole window."""
         cfg = self.cfg.train
         zero_audio = self.cfg.data.zero_audio
-        micro_batches = [self.batches.next_batch() for _ in range(cfg.grad_accum_steps)]
-        if self.step < cfg.answer_only_steps:  # the curriculum's first phase: answers without their THINK
+        if self.step < cfg.copy_steps:  # the curriculum's copy phase: text only, it leaves the data position
+            micro_batches = [self.copy_batches.batch(self.step, index) for index in range(cfg.grad_accum_steps)]
+        else:
+            micro_batches = [self.batches.next_batch() for _ in range(cfg.grad_accum_steps)]
+        if cfg.copy_steps <= self.step < cfg.answer_only_steps:  # the curriculum's first phase: answers without their THINK
             micro_batches = [[response_only(sample, self.response_ids) for sample in batch] for batch in micro_batches]
         window = [collate(batch, self.pad_id, zero_audio=zero_audio) for batch in micro_batches]
         # Normalising by the whole window's tokens (or samples) makes accumulation equal one large batch.
