@@ -131,8 +131,7 @@ class TrainSection(_Section):
     copy_steps: int = Field(
         default=0, ge=0, description="curriculum for a decoder trained from scratch: the first N steps train on "
                                      "text only, the user turn of a train row that lists options and then the "
-                                     "same text again (the "
-                                     "loss on the repeat), so it learns to copy from its context before the "
+                                     "same text again (the loss on the repeat), so it learns to copy from its context before the "
                                      "chains ask it to (a multiple-choice check line copies its option)")
     answer_only_steps: int = Field(
         default=0, ge=0, description="curriculum: for the first N steps each sample's THINK block is dropped, so "

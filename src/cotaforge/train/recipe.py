@@ -227,7 +227,7 @@ class FinetuneRecipe:
             micro_batches = [self.copy_batches.batch(self.step, index) for index in range(cfg.grad_accum_steps)]
         else:
             micro_batches = [self.batches.next_batch() for _ in range(cfg.grad_accum_steps)]
-        if cfg.copy_steps <= self.step < cfg.answer_only_steps:  # the curriculum's first phase: answers without their THINK
+        if cfg.copy_steps <= self.step < cfg.answer_only_steps:  # answers without their THINK, after any copy phase
             micro_batches = [[response_only(sample, self.response_ids) for sample in batch] for batch in micro_batches]
         window = [collate(batch, self.pad_id, zero_audio=zero_audio) for batch in micro_batches]
         # Normalising by the whole window's tokens (or samples) makes accumulation equal one large batch.
