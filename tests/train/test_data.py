@@ -10,6 +10,7 @@ import pytest
 from cotaforge.train.config import AugmentSection
 from cotaforge.train.data import (
     BucketedBatches,
+    ChainBatches,
     CopyBatches,
     EncodedSample,
     augment_waveform,
@@ -161,3 +162,64 @@ def test_copy_batches_use_every_user_turn_when_none_lists_options(tmp_path: Path
     user_turns = {render_user_text(row["question"], []) for row in iter_rows(shards)}
     copies = CopyBatches(shards, _char_tokenizer, end_of_turn_id=0, batch_size=2, seed=0)
     assert {"".join(map(chr, ids)) for ids in copies.token_ids} == user_turns
+
+
+class _TextOnlyProcessor:
+    """A chat template that shows every message part, over one token per character."""
+
+    tokenizer = staticmethod(_char_tokenizer)
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool, tokenize: bool) -> str:
+        assert add_generation_prompt and not tokenize
+        user = messages[1]["content"]
+        assert [part["type"] for part in user] == ["text"]  # no audio part: these samples are text only
+        return f"[{messages[0]['content']}][{user[0]['text']}][assistant]"
+
+
+def test_chain_batches_are_the_train_samples_without_audio_with_the_loss_on_the_assistant_text(
+        sharded_dataset: Path) -> None:
+    pytest.importorskip("torch")
+    from cotaforge.train.data import IGNORE_INDEX, collate
+
+    shards = split_shards(sharded_dataset, "train")
+    rows = list(iter_rows(shards))
+    chains = ChainBatches(shards, _TextOnlyProcessor(), end_of_turn_id=0, batch_size=4, seed=3, max_tokens=10_000)
+    assert len(chains.samples) == len(rows)
+    pairs = {(render_user_text(row["question"], row["options"] or []), row["assistant_text"]) for row in rows}
+    batch = chains.batch(step=5)
+    assert len(batch) == 4
+    for sample in batch:
+        prompt = "".join(map(chr, sample.input_ids[: sample.prompt_tokens]))
+        answer = "".join(map(chr, sample.input_ids[sample.prompt_tokens: -1]))
+        assert sample.input_ids[-1] == 0 and sample.input_features is None
+        user_text = prompt.removesuffix("][assistant]").rsplit("][", 1)[1]
+        assert (user_text, answer) in pairs  # a row's own user turn before its own answer
+
+    # A function of (seed, step, micro-batch): a resumed run draws the same batches.
+    again = ChainBatches(shards, _TextOnlyProcessor(), end_of_turn_id=0, batch_size=4, seed=3, max_tokens=10_000)
+    assert [s.input_ids for s in again.batch(step=5)] == [s.input_ids for s in batch]
+    assert [s.input_ids for s in chains.batch(step=6)] != [s.input_ids for s in batch]
+    drawn = {tuple(s.input_ids) for step in range(30) for s in chains.batch(step)}
+    assert len(drawn) == len({tuple(ids.tolist()) for ids, _ in chains.samples})
+
+    collated = collate(batch, pad_id=0)
+    assert "input_features" not in collated
+    first = batch[0]
+    labels = collated["labels"][0].tolist()
+    assert labels[: first.prompt_tokens] == [IGNORE_INDEX] * first.prompt_tokens
+    assert labels[first.prompt_tokens: first.length_tokens] == first.input_ids[first.prompt_tokens:]
+
+
+def test_chain_batches_leave_out_samples_over_max_tokens_or_of_other_types_and_refuse_when_none_fit(sharded_dataset: Path) -> None:
+    shards = split_shards(sharded_dataset, "train")
+    every = ChainBatches(shards, _TextOnlyProcessor(), end_of_turn_id=0, batch_size=2, seed=0, max_tokens=10_000)
+    lengths = sorted(len(ids) for ids, _ in every.samples)
+    limit = lengths[len(lengths) // 2]
+    some = ChainBatches(shards, _TextOnlyProcessor(), end_of_turn_id=0, batch_size=2, seed=0, max_tokens=limit)
+    assert len(some.samples) == sum(length <= limit for length in lengths) < len(lengths)
+    yes_no = ChainBatches(shards, _TextOnlyProcessor(), end_of_turn_id=0, batch_size=2, seed=0, max_tokens=10_000,
+                          question_types=["yes_no"])
+    rows = list(iter_rows(shards))
+    assert len(yes_no.samples) == sum(row["question_type"] == "yes_no" for row in rows) < len(rows)
+    with pytest.raises(ValueError, match="max_tokens"):
+        ChainBatches(shards, _TextOnlyProcessor(), end_of_turn_id=0, batch_size=2, seed=0, max_tokens=lengths[0] - 1)

@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 
 from safetensors.torch import load_file  # noqa: E402
 
-from cotaforge.train.data import IGNORE_INDEX, collate, render_user_text  # noqa: E402
+from cotaforge.train.data import IGNORE_INDEX, collate, iter_rows, render_user_text, split_shards  # noqa: E402
 from cotaforge.train.loss import answer_loss_terms  # noqa: E402
 from cotaforge.train.recipe import FinetuneRecipe, run_finetune  # noqa: E402
 
@@ -25,12 +25,12 @@ def _final_weights(run_dir: Path) -> dict[str, "torch.Tensor"]:
     return load_file(str(run_dir / "final" / "model.safetensors"))
 
 
-@pytest.mark.parametrize(("killed_before_checkpoint", "copy_steps"), [(False, 0), (True, 0), (True, 4)])
+@pytest.mark.parametrize(("killed_before_checkpoint", "train"), [
+    (False, {}), (True, {}), (True, {"copy_steps": 4}), (True, {"copy_steps": 1, "chain_steps": 3})])
 def test_stopped_and_resumed_run_equals_uninterrupted_run(digit_dataset: Path, tmp_path: Path,
-                                                         killed_before_checkpoint: bool, copy_steps: int) -> None:
+                                                         killed_before_checkpoint: bool, train: dict) -> None:
     # Dropout, augmentation and several pools per epoch make the RNG and the data position matter; with a
-    # copy phase the run stops inside it and resumes across its end.
-    train = {"copy_steps": copy_steps}
+    # text phase (copy, chains) the run stops inside it and resumes across its end.
     straight = run_finetune(tiny_config(digit_dataset, tmp_path, "straight", train=train))
     stopped = run_finetune(tiny_config(digit_dataset, tmp_path, "resumed", train=train), stop_at_step=3)
     assert stopped.steps == 3 and stopped.final_dir is None
@@ -60,6 +60,38 @@ def test_the_copy_phase_trains_on_text_and_leaves_the_data_position(digit_datase
     recipe.train()
     assert recipe.batches.position.batch == 2 and "input_features" in inputs[-1]
     recipe.cleanup()
+
+
+def test_the_chain_phase_trains_on_the_samples_as_text_and_leaves_the_data_position(digit_dataset: Path,
+                                                                                    tmp_path: Path) -> None:
+    recipe = FinetuneRecipe(tiny_config(digit_dataset, tmp_path, train={"chain_steps": 2, "max_steps": 3}))
+    recipe.setup()
+    inputs: list[dict[str, "torch.Tensor"]] = []
+    model_forward = recipe.model.forward
+    recipe.model.forward = lambda **batch: inputs.append(batch) or model_forward(**batch)
+    recipe.train(stop_at_step=2)
+    assert recipe.batches.position.to_dict() == {"epoch": 0, "pool": 0, "batch": 0}
+    assert len(inputs) == 4  # 2 steps x 2 micro-batches
+    audio_token = recipe.processor.tokenizer.convert_tokens_to_ids(recipe.processor.audio_token)
+    assistant_texts = {row["assistant_text"] for row in iter_rows(split_shards(digit_dataset, "train"))}
+    for batch in inputs:
+        assert "input_features" not in batch and not (batch["input_ids"] == audio_token).any()
+        text = recipe.processor.tokenizer.decode(batch["input_ids"][0][batch["attention_mask"][0] == 1])
+        assert any(text.endswith(answer + "<|im_end|>") for answer in assistant_texts)
+    recipe.train()
+    assert recipe.batches.position.batch == 2 and "input_features" in inputs[-1]
+    recipe.cleanup()
+
+
+@pytest.mark.parametrize("train", [{"copy_steps": 1}, {"chain_steps": 1}])
+def test_the_text_phases_refuse_a_multi_process_run(digit_dataset: Path, tmp_path: Path, train: dict,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # A text-only step gives the audio encoder no gradient, which DDP and FSDP reject mid-run: refuse up front.
+    from accelerate import Accelerator
+
+    monkeypatch.setattr(Accelerator, "num_processes", property(lambda self: 2))
+    with pytest.raises(ValueError, match="one process only"):
+        FinetuneRecipe(tiny_config(digit_dataset, tmp_path, train=train)).setup()
 
 
 def test_a_changed_config_refuses_to_resume(digit_dataset: Path, tmp_path: Path) -> None:
@@ -151,6 +183,9 @@ def test_config_errors_say_what_to_change(digit_dataset: Path, tmp_path: Path) -
         load_finetune_config(path, ["train.learning_rat=0.1"])
     with pytest.raises(ConfigError, match="exactly one of model.name_or_path and model.tiny"):
         load_finetune_config(path, ["model.name_or_path=Qwen/Qwen2-Audio-7B-Instruct"])
+    with pytest.raises(ConfigError, match="leave no step with audio"):
+        load_finetune_config(path, ["train.max_steps=10", "train.copy_steps=4", "train.chain_steps=6"])
+    assert load_finetune_config(path, ["train.max_steps=11", "train.copy_steps=4", "train.chain_steps=6"])
     with pytest.raises(ConfigError, match="not found"):
         load_finetune_config(tmp_path / "missing.yaml")
 

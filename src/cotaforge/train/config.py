@@ -133,6 +133,11 @@ class TrainSection(_Section):
                                      "text only, the user turn of a train row that lists options and then the "
                                      "same text again (the loss on the repeat), so it learns to copy from its context before the "
                                      "chains ask it to (a multiple-choice check line copies its option)")
+    chain_steps: int = Field(
+        default=0, ge=0, description="curriculum: after the copy phase, N steps on the train split's own samples "
+                                     "as text only (the prompt without its audio, the loss on the whole "
+                                     "assistant text), so the chains' copies and verdicts, which follow from the "
+                                     "text once the heard sound is named, are practised before the audio steps")
     answer_only_steps: int = Field(
         default=0, ge=0, description="curriculum: for the first N steps each sample's THINK block is dropped, so "
                                      "the model first learns to answer from the audio in a few tokens")
@@ -146,6 +151,13 @@ class TrainSection(_Section):
     eval_max_rows: int | None = Field(default=256, ge=1, description="validation rows per evaluation")
     log_every_steps: int = Field(default=10, ge=1)
     num_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch; None = torch default")
+
+    @model_validator(mode="after")
+    def _audio_steps_left(self) -> "TrainSection":
+        if self.copy_steps + self.chain_steps >= self.max_steps:
+            raise ValueError(f"copy_steps + chain_steps ({self.copy_steps + self.chain_steps}) leave no step with "
+                             f"audio out of max_steps ({self.max_steps}): raise max_steps or shorten the text phases")
+        return self
 
 
 class EvaluateSection(_Section):

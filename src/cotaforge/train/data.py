@@ -37,11 +37,12 @@ TRAIN_COLUMNS = ["audio", "question", "options", "question_type", "assistant_tex
 __all__ = ["render_user_text", "build_messages", "split_shards", "iter_rows", "BucketedBatches", "collate"]
 
 
-def build_messages(user_text: str, assistant_text: str | None = None) -> list[dict[str, Any]]:
+def build_messages(user_text: str, assistant_text: str | None = None, audio: bool = True) -> list[dict[str, Any]]:
     """Chat messages in the shape Qwen2-Audio's chat template expects (the audio comes before the text)."""
+    user_content = [{"type": "audio"}] if audio else []
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": user_text}]},
+        {"role": "user", "content": [*user_content, {"type": "text", "text": user_text}]},
     ]
     if assistant_text is not None:
         messages.append({"role": "assistant", "content": assistant_text})
@@ -225,6 +226,43 @@ class CopyBatches:
         chosen = [self.token_ids[int(i)] for i in rng.integers(len(self.token_ids), size=self.batch_size)]
         return [EncodedSample(ids + [self.end_of_turn_id] + ids + [self.end_of_turn_id], len(ids) + 1, None, None)
                 for ids in chosen]
+
+
+class ChainBatches:
+    """Text-only micro-batches of the train split's own samples: the chat prompt without its audio, then the
+    assistant text, the loss on all of it.
+
+    Every token after the heard sound's name follows from the text before it (the check lines copy the user
+    turn, the verdicts compare names already written), so these steps teach the chains' copies and comparisons
+    before the audio steps teach which sound is heard. Batches are a function of (seed, step, micro-batch).
+    """
+
+    def __init__(self, shards: Sequence[Path], processor: Any, end_of_turn_id: int, batch_size: int, seed: int,
+                 max_tokens: int, question_types: Sequence[str] | None = None, max_rows: int = 20_000) -> None:
+        # (token ids as int32, prompt length): a compact array, not Python ints, for tens of thousands of rows
+        self.samples: list[tuple[np.ndarray, int]] = []
+        columns = ["question", "options", "assistant_text", "question_type"]
+        for row in iter_rows(shards, columns=columns, max_rows=max_rows):
+            if question_types is not None and row["question_type"] not in question_types:
+                continue  # the question types the run trains on (data.question_types), as in the audio steps
+            user_text = render_user_text(row["question"], row["options"] or [])
+            prompt = processor.apply_chat_template(build_messages(user_text, audio=False),
+                                                   add_generation_prompt=True, tokenize=False)
+            prompt_ids = processor.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            answer_ids = processor.tokenizer(row["assistant_text"], add_special_tokens=False)["input_ids"]
+            ids = [*prompt_ids, *answer_ids, end_of_turn_id]
+            if len(ids) <= max_tokens:
+                self.samples.append((np.asarray(ids, dtype=np.int32), len(prompt_ids)))
+        if not self.samples:
+            raise ValueError(f"no train sample of {shards[0].parent} fits data.max_tokens ({max_tokens}) as text; "
+                             "raise data.max_tokens or set train.chain_steps to 0")
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def batch(self, step: int, micro_batch: int = 0) -> list[EncodedSample]:
+        rng = np.random.default_rng([self.seed, step, micro_batch, 3])
+        chosen = [self.samples[int(i)] for i in rng.integers(len(self.samples), size=self.batch_size)]
+        return [EncodedSample(ids.tolist(), prompt_tokens, None, None) for ids, prompt_tokens in chosen]
 
 
 @dataclass

@@ -28,6 +28,7 @@ import numpy as np
 from cotaforge.train.config import FinetuneConfig
 from cotaforge.train.data import (
     BucketedBatches,
+    ChainBatches,
     CopyBatches,
     DataPosition,
     EncodedSample,
@@ -111,6 +112,10 @@ class FinetuneRecipe:
             raise ValueError("train.precision is bf16 but no GPU is visible; use 'auto' or 'fp32' on CPU")
         mixed = "bf16" if on_gpu and cfg.train.precision in ("auto", "bf16") else "no"
         self.accelerator = Accelerator(mixed_precision=mixed, cpu=not on_gpu)
+        if (cfg.train.copy_steps or cfg.train.chain_steps) and self.accelerator.num_processes > 1:
+            # A text-only step leaves the audio encoder without gradients, which DDP and FSDP take as an error.
+            raise ValueError("train.copy_steps and train.chain_steps run on one process only (they are for a tiny "
+                             "model trained from scratch); set them to 0 for a multi-process run")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         latest = self.latest_checkpoint() if resume else None
         if not resume and (self.run_dir / CHECKPOINTS_DIR).exists():
@@ -138,6 +143,10 @@ class FinetuneRecipe:
             self.copy_batches = CopyBatches(split_shards(cfg.data.dataset_dir, cfg.data.train_split),
                                             self.processor.tokenizer, self.encoder.end_of_turn_id,
                                             cfg.train.batch_size, cfg.train.seed)
+        if cfg.train.chain_steps:
+            self.chain_batches = ChainBatches(split_shards(cfg.data.dataset_dir, cfg.data.train_split),
+                                              self.processor, self.encoder.end_of_turn_id, cfg.train.batch_size,
+                                              cfg.train.seed, cfg.data.max_tokens, cfg.data.question_types)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
         scheduler = get_scheduler(cfg.train.lr_schedule if cfg.train.lr_schedule != "constant"
@@ -223,11 +232,15 @@ class FinetuneRecipe:
         """One optimizer step over `grad_accum_steps` micro-batches, normalised over the whole window."""
         cfg = self.cfg.train
         zero_audio = self.cfg.data.zero_audio
-        if self.step < cfg.copy_steps:  # the curriculum's copy phase: text only, it leaves the data position
+        text_steps = cfg.copy_steps + cfg.chain_steps
+        # The curriculum's text-only phases (copy, then chains) leave the data position where it is.
+        if self.step < cfg.copy_steps:
             micro_batches = [self.copy_batches.batch(self.step, index) for index in range(cfg.grad_accum_steps)]
+        elif self.step < text_steps:
+            micro_batches = [self.chain_batches.batch(self.step, index) for index in range(cfg.grad_accum_steps)]
         else:
             micro_batches = [self.batches.next_batch() for _ in range(cfg.grad_accum_steps)]
-        if cfg.copy_steps <= self.step < cfg.answer_only_steps:  # answers without their THINK, after any copy phase
+        if text_steps <= self.step < cfg.answer_only_steps:  # answers without their THINK, after the text phases
             micro_batches = [[response_only(sample, self.response_ids) for sample in batch] for batch in micro_batches]
         window = [collate(batch, self.pad_id, zero_audio=zero_audio) for batch in micro_batches]
         # Normalising by the whole window's tokens (or samples) makes accumulation equal one large batch.
