@@ -139,8 +139,9 @@ class TrainSection(_Section):
                                      "assistant text), so the chains' copies and verdicts, which follow from the "
                                      "text once the heard sound is named, are practised before the audio steps")
     answer_only_steps: int = Field(
-        default=0, ge=0, description="curriculum: for the first N steps each sample's THINK block is dropped, so "
-                                     "the model first learns to answer from the audio in a few tokens")
+        default=0, ge=0, description="curriculum: up to step N (after any text phases) each sample's THINK block "
+                                     "is dropped, so the model first learns to answer from the audio in a few "
+                                     "tokens")
     loss_average: Literal["token", "sample"] = Field(
         default="token", description="'sample': each sample's mean token loss counts once, whatever its length"
     )
