@@ -164,16 +164,13 @@ def test_copy_batches_use_every_user_turn_when_none_lists_options(tmp_path: Path
     assert {"".join(map(chr, ids)) for ids in copies.token_ids} == user_turns
 
 
-class _TextOnlyProcessor:
-    """A chat template that shows every message part, over one token per character."""
-
-    tokenizer = staticmethod(_char_tokenizer)
-
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool, tokenize: bool) -> str:
-        assert add_generation_prompt and not tokenize
-        user = messages[1]["content"]
-        assert [part["type"] for part in user] == ["text"]  # no audio part: these samples are text only
-        return f"[{messages[0]['content']}][{user[0]['text']}][assistant]"
+def _text_encoder(max_tokens: int = 10_000):
+    """SampleEncoder.encode_text's contract over one token per character: '[user turn]' then the answer."""
+    def encode_text(user_text: str, assistant_text: str) -> EncodedSample | None:
+        prompt = [ord(char) for char in f"[{user_text}]"]
+        ids = prompt + [ord(char) for char in assistant_text] + [0]
+        return EncodedSample(ids, len(prompt), None, None) if len(ids) <= max_tokens else None
+    return encode_text
 
 
 def test_chain_batches_are_the_train_samples_without_audio_with_the_loss_on_the_assistant_text(
@@ -183,7 +180,7 @@ def test_chain_batches_are_the_train_samples_without_audio_with_the_loss_on_the_
 
     shards = split_shards(sharded_dataset, "train")
     rows = list(iter_rows(shards))
-    chains = ChainBatches(shards, _TextOnlyProcessor(), end_of_turn_id=0, batch_size=4, seed=3, max_tokens=10_000)
+    chains = ChainBatches(shards, _text_encoder(), batch_size=4, seed=3)
     assert len(chains.samples) == len(rows)
     pairs = {(render_user_text(row["question"], row["options"] or []), row["assistant_text"]) for row in rows}
     batch = chains.batch(step=5)
@@ -192,11 +189,10 @@ def test_chain_batches_are_the_train_samples_without_audio_with_the_loss_on_the_
         prompt = "".join(map(chr, sample.input_ids[: sample.prompt_tokens]))
         answer = "".join(map(chr, sample.input_ids[sample.prompt_tokens: -1]))
         assert sample.input_ids[-1] == 0 and sample.input_features is None
-        user_text = prompt.removesuffix("][assistant]").rsplit("][", 1)[1]
-        assert (user_text, answer) in pairs  # a row's own user turn before its own answer
+        assert (prompt[1:-1], answer) in pairs  # a row's own user turn before its own answer
 
     # A function of (seed, step, micro-batch): a resumed run draws the same batches.
-    again = ChainBatches(shards, _TextOnlyProcessor(), end_of_turn_id=0, batch_size=4, seed=3, max_tokens=10_000)
+    again = ChainBatches(shards, _text_encoder(), batch_size=4, seed=3)
     assert [s.input_ids for s in again.batch(step=5)] == [s.input_ids for s in batch]
     assert [s.input_ids for s in chains.batch(step=6)] != [s.input_ids for s in batch]
     drawn = {tuple(s.input_ids) for step in range(30) for s in chains.batch(step)}
@@ -210,16 +206,16 @@ def test_chain_batches_are_the_train_samples_without_audio_with_the_loss_on_the_
     assert labels[first.prompt_tokens: first.length_tokens] == first.input_ids[first.prompt_tokens:]
 
 
-def test_chain_batches_leave_out_samples_over_max_tokens_or_of_other_types_and_refuse_when_none_fit(sharded_dataset: Path) -> None:
+def test_chain_batches_leave_out_samples_too_long_or_of_other_types_and_refuse_when_none_fit(
+        sharded_dataset: Path) -> None:
     shards = split_shards(sharded_dataset, "train")
-    every = ChainBatches(shards, _TextOnlyProcessor(), end_of_turn_id=0, batch_size=2, seed=0, max_tokens=10_000)
+    every = ChainBatches(shards, _text_encoder(), batch_size=2, seed=0)
     lengths = sorted(len(ids) for ids, _ in every.samples)
     limit = lengths[len(lengths) // 2]
-    some = ChainBatches(shards, _TextOnlyProcessor(), end_of_turn_id=0, batch_size=2, seed=0, max_tokens=limit)
+    some = ChainBatches(shards, _text_encoder(limit), batch_size=2, seed=0)
     assert len(some.samples) == sum(length <= limit for length in lengths) < len(lengths)
-    yes_no = ChainBatches(shards, _TextOnlyProcessor(), end_of_turn_id=0, batch_size=2, seed=0, max_tokens=10_000,
-                          question_types=["yes_no"])
+    yes_no = ChainBatches(shards, _text_encoder(), batch_size=2, seed=0, question_types=["yes_no"])
     rows = list(iter_rows(shards))
     assert len(yes_no.samples) == sum(row["question_type"] == "yes_no" for row in rows) < len(rows)
     with pytest.raises(ValueError, match="max_tokens"):
-        ChainBatches(shards, _TextOnlyProcessor(), end_of_turn_id=0, batch_size=2, seed=0, max_tokens=lengths[0] - 1)
+        ChainBatches(shards, _text_encoder(lengths[0] - 1), batch_size=2, seed=0)

@@ -139,8 +139,8 @@ class SampleEncoder:
         if self.end_of_turn_id is None or self.end_of_turn_id == processor.tokenizer.unk_token_id:
             raise ValueError(f"the tokenizer has no {END_OF_TURN} token; use a Qwen2-Audio processor")
 
-    def prompt_text(self, user_text: str) -> str:
-        return self.processor.apply_chat_template(build_messages(user_text), add_generation_prompt=True,
+    def prompt_text(self, user_text: str, audio: bool = True) -> str:
+        return self.processor.apply_chat_template(build_messages(user_text, audio=audio), add_generation_prompt=True,
                                                   tokenize=False)
 
     def encode_prompt(self, samples: np.ndarray, user_text: str) -> dict[str, np.ndarray]:
@@ -152,13 +152,23 @@ class SampleEncoder:
     def encode(self, samples: np.ndarray, user_text: str, assistant_text: str) -> EncodedSample | None:
         """Prompt plus assistant answer; None when longer than `max_tokens` (the caller counts it)."""
         prompt = self.encode_prompt(samples, user_text)
-        answer_ids = self.processor.tokenizer(assistant_text, add_special_tokens=False)["input_ids"]
         prompt_ids = [int(token) for token in prompt["input_ids"][0]]
+        return self._with_answer(prompt_ids, assistant_text, prompt["input_features"][0],
+                                 prompt["feature_attention_mask"][0])
+
+    def encode_text(self, user_text: str, assistant_text: str) -> EncodedSample | None:
+        """The same sample without its audio: the prompt has no audio part and there are no features."""
+        prompt_ids = self.processor.tokenizer(self.prompt_text(user_text, audio=False),
+                                              add_special_tokens=False)["input_ids"]
+        return self._with_answer(list(prompt_ids), assistant_text, None, None)
+
+    def _with_answer(self, prompt_ids: list[int], assistant_text: str, features: np.ndarray | None,
+                     feature_mask: np.ndarray | None) -> EncodedSample | None:
+        answer_ids = self.processor.tokenizer(assistant_text, add_special_tokens=False)["input_ids"]
         input_ids = prompt_ids + list(answer_ids) + [self.end_of_turn_id]
         if len(input_ids) > self.max_tokens:
             return None
-        return EncodedSample(input_ids, len(prompt_ids), prompt["input_features"][0],
-                             prompt["feature_attention_mask"][0])
+        return EncodedSample(input_ids, len(prompt_ids), features, feature_mask)
 
 
 def response_only(sample: EncodedSample, response_ids: Sequence[int]) -> EncodedSample:
@@ -235,26 +245,23 @@ class ChainBatches:
     Every token after the heard sound's name follows from the text before it (the check lines copy the user
     turn, the verdicts compare names already written), so these steps teach the chains' copies and comparisons
     before the audio steps teach which sound is heard. Batches are a function of (seed, step, micro-batch).
+    `encode_text(user_text, assistant_text)` is `SampleEncoder.encode_text`: None for a sample too long.
     """
 
-    def __init__(self, shards: Sequence[Path], processor: Any, end_of_turn_id: int, batch_size: int, seed: int,
-                 max_tokens: int, question_types: Sequence[str] | None = None, max_rows: int = 20_000) -> None:
+    def __init__(self, shards: Sequence[Path], encode_text: Callable[[str, str], EncodedSample | None],
+                 batch_size: int, seed: int, question_types: Sequence[str] | None = None,
+                 max_rows: int = 20_000) -> None:
         # (token ids as int32, prompt length): a compact array, not Python ints, for tens of thousands of rows
         self.samples: list[tuple[np.ndarray, int]] = []
         columns = ["question", "options", "assistant_text", "question_type"]
         for row in iter_rows(shards, columns=columns, max_rows=max_rows):
             if question_types is not None and row["question_type"] not in question_types:
                 continue  # the question types the run trains on (data.question_types), as in the audio steps
-            user_text = render_user_text(row["question"], row["options"] or [])
-            prompt = processor.apply_chat_template(build_messages(user_text, audio=False),
-                                                   add_generation_prompt=True, tokenize=False)
-            prompt_ids = processor.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            answer_ids = processor.tokenizer(row["assistant_text"], add_special_tokens=False)["input_ids"]
-            ids = [*prompt_ids, *answer_ids, end_of_turn_id]
-            if len(ids) <= max_tokens:
-                self.samples.append((np.asarray(ids, dtype=np.int32), len(prompt_ids)))
+            sample = encode_text(render_user_text(row["question"], row["options"] or []), row["assistant_text"])
+            if sample is not None:
+                self.samples.append((np.asarray(sample.input_ids, dtype=np.int32), sample.prompt_tokens))
         if not self.samples:
-            raise ValueError(f"no train sample of {shards[0].parent} fits data.max_tokens ({max_tokens}) as text; "
+            raise ValueError(f"no train sample of {shards[0].parent} fits data.max_tokens as text; "
                              "raise data.max_tokens or set train.chain_steps to 0")
         self.batch_size = batch_size
         self.seed = seed

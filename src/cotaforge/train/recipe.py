@@ -145,8 +145,8 @@ class FinetuneRecipe:
                                             cfg.train.batch_size, cfg.train.seed)
         if cfg.train.chain_steps:
             self.chain_batches = ChainBatches(split_shards(cfg.data.dataset_dir, cfg.data.train_split),
-                                              self.processor, self.encoder.end_of_turn_id, cfg.train.batch_size,
-                                              cfg.train.seed, cfg.data.max_tokens, cfg.data.question_types)
+                                              self.encoder.encode_text, cfg.train.batch_size, cfg.train.seed,
+                                              cfg.data.question_types)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
         scheduler = get_scheduler(cfg.train.lr_schedule if cfg.train.lr_schedule != "constant"
