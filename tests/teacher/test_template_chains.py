@@ -1,4 +1,4 @@
-"""cot_template.v3 and v4: yes/no and multiple-choice chains a small model can follow, and they still validate."""
+"""cot_template.v3, v4 and v6: yes/no and multiple-choice chains a small model can follow, and they still validate."""
 
 from __future__ import annotations
 
@@ -122,7 +122,51 @@ def test_v4_yes_no_names_the_asked_sound_in_tokens_the_question_does_not_use(ask
     assert (asked_id in ids[:at]) == (asked == "low tone")  # only `I hear low tone` repeats it
 
 
-@pytest.mark.parametrize("bank", ["cot_template.v3", "cot_template.v4"])
+def test_v6_checks_each_option_beside_the_heard_sound_down_to_the_answer():
+    cot = _write("multiple_choice", "C", options=OPTIONS, bank="cot_template.v6")
+    user_lines = render_user_text("Which sound?", OPTIONS).split("\n")[1:]
+    assert cot.planning.split("\n") == [
+        "I hear low tone. The question offers 4 options; I check them in turn:",
+        f"{user_lines[0]}, and I hear low tone: they differ.", f"{user_lines[1]}, and I hear low tone: they differ.",
+        f"{user_lines[2]}, and I hear low tone: they are the same.", "So the answer is (C)."]
+    assert cot.reasoning.endswith("So the answer is (C).") and cot.response.endswith("so the answer is (C)")
+    first = _write("multiple_choice", "A", options=["low tone", "high tone"], bank="cot_template.v6")
+    assert first.planning.split("\n")[1:] == ["A. low tone, and I hear low tone: they are the same.",
+                                               "So the answer is (A)."]
+
+
+@pytest.mark.parametrize(("asked", "answer", "verdict"), [
+    ("low tone", "yes", "they are the same, so the answer is yes."),
+    ("white noise", "no", "they differ, so the answer is no."),
+])
+def test_v6_yes_no_reasoning_ends_like_a_check_line(asked, answer, verdict):
+    for sample_id in ("s1", "s2", "s3", "s4"):
+        cot = _write("yes_no", answer, asked_value=asked, sample_id=sample_id, bank="cot_template.v6")
+        assert cot.reasoning.endswith(f"The question asks about {asked}, and I hear low tone: {verdict}")
+        assert cot.response.split(".")[0].lower() == answer
+
+
+def test_v6_every_verdict_follows_the_same_tokens_compared_in_the_same_places():
+    # One comparison for both question types: with the tiny model's tokenizer, each verdict is preceded by
+    # `<compared sound> , and I hear <heard sound> : they`, the compared sound being the option or the asked one.
+    mc = _write("multiple_choice", "C", options=OPTIONS, bank="cot_template.v6")
+    yes_no = [_write("yes_no", "yes" if asked == "low tone" else "no", asked_value=asked, bank="cot_template.v6")
+              for asked in ("low tone", "white noise")]
+    texts = [mc.planning] + [cot.reasoning for cot in yes_no]
+    tokenizer = build_tiny_processor([render_user_text("Which sound?", OPTIONS)] + texts * 20,
+                                     TinyModelSection()).tokenizer
+    they = tokenizer.convert_tokens_to_ids("Ġthey")
+    tail = tokenizer(", and I hear low tone:", add_special_tokens=False)["input_ids"]
+    compared = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for at in [i for i, token in enumerate(ids) if token == they]:
+            assert ids[at - len(tail):at] == tail
+            compared.append(tokenizer.decode(ids[at - len(tail) - 2:at - len(tail)]).strip())
+    assert compared == ["click train", "white noise", "low tone", "low tone", "white noise"]
+
+
+@pytest.mark.parametrize("bank", ["cot_template.v3", "cot_template.v4", "cot_template.v6"])
 def test_samples_pass_every_validation_check(tmp_path, digits_manifest, bank):
     cfg = make_config(tmp_path / "out", [digits_manifest], f"expand.cot_bank={bank}")
     run, reports = run_stages(cfg, until="validate")

@@ -28,6 +28,8 @@ COT_PLACEHOLDERS = frozenset({
     "options_lines", "option_checks", "heard",
     # v4: the check list with each option copied, then quoted; the asked sound unquoted
     "quoted_option_checks", "asked",
+    # v6: the check list with the heard sound beside each option
+    "heard_option_checks",
     # scene sentences (v2 on)
     "x", "y", "ans", "n", "onset", "desc", "cls", "length_word", "loud_word", "where", "count_phrase", "listing",
     "listing_cap", "class_listing", "tx", "ty", "x_end", "t_ans", "t_next", "next", "prev", "t_prev_end",
@@ -53,6 +55,17 @@ def _option_checks(options: list[str], correct: int, quote: bool = False) -> str
     def line(i: int, text: str) -> str:
         shown = f'{text} ("{text}")' if quote else text
         return f"{option_letter(i)}. {shown}: {'yes' if i == correct else 'no'}"
+
+    return "\n".join(line(i, text) for i, text in enumerate(options[: correct + 1]))
+
+
+def _heard_option_checks(options: list[str], correct: int, heard: str) -> str:
+    """The options as the user turn lists them, each beside the heard sound, down to the correct one
+    ('A. cat, and I hear dog: they differ.'): the two sounds a verdict compares sit just before it, as in
+    the yes/no chains, so one comparison serves both."""
+    def line(i: int, text: str) -> str:
+        verdict = "are the same" if i == correct else "differ"
+        return f"{option_letter(i)}. {text}, and I hear {heard}: they {verdict}."
 
     return "\n".join(line(i, text) for i, text in enumerate(options[: correct + 1]))
 
@@ -88,6 +101,7 @@ class TemplateTeacher(Teacher):
             option_checks=_option_checks(req.options, correct),
             quoted_option_checks=_option_checks(req.options, correct, quote=True), asked=req.asked_value,
             heard=req.answer_text.strip('"'),
+            heard_option_checks=_heard_option_checks(req.options, correct, req.answer_text.strip('"')),
             others=_join([f"{option_letter(i)} ({t})" for i, t in enumerate(req.options) if i != correct]),
             field=req.field_name, **{k: str(v) for k, v in req.grounding.items()},
         )
